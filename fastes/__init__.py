@@ -1,0 +1,41 @@
+"""fastes: functional, vectorized Evolution Strategies on PyTorch.
+
+The core is one pure step, ``params = fastes.es_step(params, fitness_fn, key, ...)``, built from
+public pieces: keys (:mod:`fastes.prng`), counter-based noise (:mod:`fastes.noise`), pytrees
+(:mod:`fastes.tree`), population evaluation (:mod:`fastes.evaluate`), fitness shaping
+(:mod:`fastes.shaping`), the gradient estimate (:mod:`fastes.es`) and optimizers
+(:mod:`fastes.optim`). Fitness is maximized everywhere.
+
+Importing fastes does not import triton, initialise CUDA or change torch settings.
+"""
+
+from . import evaluate, noise, optim, prng, shaping, tree
+from .es import FitnessStats, es_step, estimate_grad
+from .evaluate import evaluate_population, functional
+from .noise import NoiseTable, noise_table
+from .prng import fold_in, key, split
+from .shaping import shape_fitness
+from .tree import ravel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FitnessStats",
+    "NoiseTable",
+    "es_step",
+    "estimate_grad",
+    "evaluate",
+    "evaluate_population",
+    "fold_in",
+    "functional",
+    "key",
+    "noise",
+    "noise_table",
+    "optim",
+    "prng",
+    "ravel",
+    "shape_fitness",
+    "shaping",
+    "split",
+    "tree",
+]

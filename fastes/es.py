@@ -1,0 +1,312 @@
+"""OpenAI-ES: the gradient estimate and one functional step.
+
+Salimans et al. 2017, "Evolution Strategies as a Scalable Alternative to Reinforcement Learning",
+https://arxiv.org/abs/1703.03864. For a mean θ (D,) and noise ε_i ~ N(0, I):
+
+    members      θ_i = θ + σ·s_i·ε_row(i)       (antithetic: s = +1, −1 for members 2j, 2j+1,
+                                                  which share row j; otherwise s = +1, row i)
+    fitness      F_i = fitness_fn(θ_i)           (maximized; (P,) or (P, K))
+    weights      w = shape(F)                    (centered ranks, NES utilities, z-score, raw)
+    gradient     ĝ = 1/(P·σ) Σ_i w_i s_i ε_row(i)  ≈ ∇_θ E[F(θ + σε)]
+    step         θ ← θ + lr·(ĝ − weight_decay·θ)   (gradient ascent)
+
+Noise is regenerated from (key, row) for the gradient, never stored as a (P, D) matrix unless it
+fits ``memory_budget``; members are built and evaluated ``chunk_size`` at a time, so peak memory
+is O(chunk·D + P + D).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+
+from .evaluate import MODES, evaluate_population
+from .noise import DEFAULT_TABLE_SIZE, NoiseTable, PhiloxNoise, TableNoise, noise_table
+from .prng import check_key
+from .shaping import METHODS, shape_fitness
+from .tree import Raveler, raveler
+
+__all__ = ["FitnessStats", "estimate_grad", "es_step", "resolve_noise", "DEFAULT_MEMORY_BUDGET"]
+
+# Bytes that cached noise rows may use before they are regenerated instead (DESIGN §4).
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
+# Target bytes of one chunk of flat members. Measured on the dev CPU (sphere, D = 1e5, P = 256,
+# `python benchmarks/es_generation.py --chunk-sweep`): 1.5 MiB 29.8 ms, 3 MiB 24.4 ms,
+# 6 MiB 22.4 ms, 12 MiB 28.9 ms, 49 MiB 52.1 ms, 98 MiB 64.5 ms per generation. Small chunks
+# pay per-call overhead; large ones miss the cache and fault in fresh pages on every allocation.
+DEFAULT_CHUNK_BYTES = 6 * 2**20
+
+
+class FitnessStats(NamedTuple):
+    """What one generation saw: raw fitness in member order and the weights derived from it."""
+
+    fitness: torch.Tensor  # (P,) or (P, K), as returned by fitness_fn
+    weights: torch.Tensor  # (P,) shaped weights used in the estimate
+    nan_count: int  # NaN fitness values (ranked last, see fastes.shaping)
+    inf_count: int  # ±inf fitness values
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Mean fitness over members, ignoring NaN: () or (K,)."""
+        return self.fitness.float().nanmean(dim=0)
+
+    @property
+    def max(self) -> torch.Tensor:
+        """Best fitness over members, ignoring NaN: () or (K,)."""
+        f = self.fitness.float()
+        return torch.where(torch.isnan(f), -math.inf, f).max(dim=0).values
+
+
+def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
+    return value
+
+
+def _finite_float(value: Any, name: str, *, positive: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"{name} must be a real number; got {type(value).__name__} {value!r}"
+        ) from None
+    if not math.isfinite(v) or (v <= 0 if positive else v < 0):
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}; got {v}")
+    return v
+
+
+def resolve_noise(noise: Any, dim: int, device: torch.device) -> PhiloxNoise | TableNoise:
+    """Pick the noise source: ``"auto"``, ``"table"``, ``"philox"``, a NoiseTable or a source.
+
+    ``"auto"`` uses the shared table on the CPU when D <= table size / 4 (the fastest CPU source,
+    see fastes.noise) and direct Philox otherwise, and always on GPUs.
+    """
+    if isinstance(noise, (PhiloxNoise, TableNoise)):
+        return noise
+    if isinstance(noise, NoiseTable):
+        return TableNoise(noise)
+    if noise == "auto":
+        cpu = device.type == "cpu"
+        noise = "table" if cpu and dim <= DEFAULT_TABLE_SIZE // 4 else "philox"
+    if noise == "philox":
+        return PhiloxNoise()
+    if noise == "table":
+        if dim > DEFAULT_TABLE_SIZE:
+            raise ValueError(
+                f"noise='table' needs D <= the table size {DEFAULT_TABLE_SIZE}; got D={dim}. "
+                "Pass noise='philox' or a larger fastes.noise_table(size=...)"
+            )
+        return TableNoise(noise_table(device=device))
+    raise ValueError(
+        "noise must be 'auto', 'table', 'philox', a fastes.NoiseTable or a noise source; "
+        f"got {noise!r}"
+    )
+
+
+def _flat_estimate(
+    theta: torch.Tensor,
+    rav: Raveler,
+    fitness_fn: Callable[..., Any],
+    key: torch.Tensor,
+    *,
+    population_size: int,
+    sigma: float,
+    antithetic: bool,
+    shaping: str,
+    objective_weights,
+    minimize: bool,
+    mode: str,
+    chunk_size: int | None,
+    noise: Any,
+    fitness_args: tuple,
+    memory_budget: int,
+) -> tuple[torch.Tensor, FitnessStats]:
+    """The estimate on the flat mean θ (D,): returns (ĝ (D,) in θ's dtype, stats)."""
+    P, D = population_size, theta.numel()
+    source = resolve_noise(noise, D, theta.device)
+    key = key.to(theta.device)
+    n_rows = P // 2 if antithetic else P
+    per_row = 2 if antithetic else 1
+    if chunk_size is None:
+        chunk_size = max(per_row, DEFAULT_CHUNK_BYTES // (D * theta.element_size()))
+    rows_per_chunk = max(1, min(chunk_size // per_row, n_rows))
+    # Keep the drawn rows for the gradient pass only while they fit the budget.
+    cache = n_rows * D * 4 <= memory_budget
+    cached: list[torch.Tensor] = []
+    pop = torch.empty(rows_per_chunk * per_row, D, dtype=theta.dtype, device=theta.device)
+    fitness = None
+    for r0 in range(0, n_rows, rows_per_chunk):
+        rows = torch.arange(r0, min(r0 + rows_per_chunk, n_rows), device=theta.device)
+        members = pop[: rows.numel() * per_row]
+        eps = source.perturb(key, rows, theta, sigma, antithetic, members)
+        if cache and eps is not None:
+            cached.append(eps)
+        out = evaluate_population(fitness_fn, members, rav, mode=mode, fitness_args=fitness_args)
+        if fitness is None:
+            fitness = out.new_empty((P, *out.shape[1:]))
+        elif out.shape[1:] != fitness.shape[1:]:
+            raise ValueError(
+                f"fitness_fn returned {tuple(out.shape[1:]) or 'scalars'} for some members and "
+                f"{tuple(fitness.shape[1:]) or 'scalars'} for others"
+            )
+        m0 = r0 * per_row
+        fitness[m0 : m0 + out.shape[0]] = out.detach()  # copy now: `pop` is reused next chunk
+    weights, shape_stats = shape_fitness(
+        fitness, shaping, objective_weights=objective_weights, minimize=minimize
+    )
+    row_w = weights[0::2] - weights[1::2] if antithetic else weights  # (n_rows,)
+    row_w = row_w.to(device=theta.device, dtype=torch.float32)
+    if cache and len(cached) == -(-n_rows // rows_per_chunk):
+        g = row_w @ torch.cat(cached) if len(cached) > 1 else row_w @ cached[0]
+    else:
+        g = source.weighted_sum(key, torch.arange(n_rows, device=theta.device), row_w, D)
+    g = g.to(theta.dtype) / (P * sigma)
+    return g, FitnessStats(fitness, weights, shape_stats.nan_count, shape_stats.inf_count)
+
+
+def _check_args(
+    fitness_fn, key, population_size, sigma, antithetic, shaping, mode, chunk_size, memory_budget
+) -> float:
+    """Validate the shared arguments of estimate_grad / es_step; return sigma as a float."""
+    if not callable(fitness_fn):
+        raise TypeError(f"fitness_fn must be callable; got {type(fitness_fn).__name__}")
+    check_key(key)
+    _positive_int(population_size, "population_size", 2)
+    if antithetic and population_size % 2:
+        raise ValueError(
+            "population_size must be even with antithetic=True (members come in ± pairs); "
+            f"got {population_size}"
+        )
+    sigma = _finite_float(sigma, "sigma", positive=True)
+    if shaping not in METHODS:
+        raise ValueError(f"shaping must be one of {METHODS}; got {shaping!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    if chunk_size is not None:
+        _positive_int(chunk_size, "chunk_size")
+    _positive_int(memory_budget, "memory_budget", 0)
+    return sigma
+
+
+def estimate_grad(
+    params: Any,
+    fitness_fn: Callable[..., Any],
+    key: torch.Tensor,
+    *,
+    population_size: int,
+    sigma: float,
+    antithetic: bool = True,
+    shaping: str = "centered_ranks",
+    objective_weights: Sequence[float] | torch.Tensor | None = None,
+    minimize: bool = False,
+    mode: str = "vmap",
+    chunk_size: int | None = None,
+    noise: Any = "auto",
+    fitness_args: tuple = (),
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> tuple[Any, FitnessStats]:
+    """ES gradient of E[fitness(θ + σε)] at ``params``: (gradient pytree, FitnessStats).
+
+    The gradient points uphill (fitness is maximized unless ``minimize=True``) and has the
+    structure, shapes, dtypes and device of ``params``; use it with any ``fastes.optim``
+    optimizer, or negate it into ``.grad`` for a ``torch.optim`` one.
+
+    Args:
+        params: pytree of float tensors (e.g. ``dict(model.named_parameters())``), the mean θ.
+        fitness_fn: ``fitness_fn(member_params, *fitness_args)`` -> scalar or (K,) per member
+            (see :mod:`fastes.evaluate` for ``mode``).
+        key: a fastes key for this step (e.g. ``fastes.fold_in(run_key, step)``).
+        population_size: P, members per generation (even when ``antithetic``).
+        sigma: σ > 0, the noise standard deviation.
+        antithetic: pair members θ ± σε (mirrored sampling).
+        shaping: a :data:`fastes.shaping.METHODS` name.
+        objective_weights: K weights when fitness has K objectives (default 1/K each).
+        minimize: treat smaller fitness as better.
+        mode: ``"vmap"``, ``"batched"`` or ``"loop"``.
+        chunk_size: members evaluated at once (default: ~6 MiB of flat parameters).
+        noise: ``"auto"``, ``"table"``, ``"philox"``, a NoiseTable or a noise source.
+        fitness_args: data shared by all members, passed after the params.
+        memory_budget: bytes of noise rows that may be kept between evaluation and the
+            gradient; beyond it rows are regenerated.
+
+    Example:
+        >>> params = {"x": torch.ones(10)}
+        >>> grad, stats = estimate_grad(params, lambda p: -(p["x"] ** 2).sum(), fastes.key(0),
+        ...                             population_size=64, sigma=0.1)
+    """
+    sigma = _check_args(
+        fitness_fn, key, population_size, sigma, antithetic, shaping, mode, chunk_size,
+        memory_budget,
+    )  # fmt: skip
+    rav = raveler(params)
+    g, stats = _flat_estimate(
+        rav.ravel(params), rav, fitness_fn, key,
+        population_size=population_size, sigma=sigma, antithetic=antithetic, shaping=shaping,
+        objective_weights=objective_weights, minimize=minimize, mode=mode,
+        chunk_size=chunk_size, noise=noise, fitness_args=tuple(fitness_args),
+        memory_budget=memory_budget,
+    )  # fmt: skip
+    return rav.unravel(g), stats
+
+
+def es_step(
+    params: Any,
+    fitness_fn: Callable[..., Any],
+    key: torch.Tensor,
+    *,
+    population_size: int,
+    sigma: float,
+    learning_rate: float,
+    antithetic: bool = True,
+    shaping: str = "centered_ranks",
+    weight_decay: float = 0.0,
+    objective_weights: Sequence[float] | torch.Tensor | None = None,
+    minimize: bool = False,
+    mode: str = "vmap",
+    chunk_size: int | None = None,
+    noise: Any = "auto",
+    fitness_args: tuple = (),
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    return_stats: bool = False,
+) -> Any:
+    """One OpenAI-ES generation: θ ← θ + learning_rate·(ĝ − weight_decay·θ).
+
+    Pure: ``params`` is not modified; the updated pytree is returned with the same structure,
+    shapes, dtypes and device. Arguments are those of :func:`estimate_grad`, plus
+    ``learning_rate`` (>= 0), ``weight_decay`` (>= 0, decoupled, applied to θ) and
+    ``return_stats`` (return ``(params, FitnessStats)`` instead of the params alone).
+
+    Example:
+        >>> model = torch.nn.Linear(4, 1)
+        >>> params = dict(model.named_parameters())
+        >>> apply = fastes.functional(model)
+        >>> x, y = torch.randn(32, 4), torch.randn(32, 1)
+        >>> def fitness(p):
+        ...     return -((apply(p, x) - y) ** 2).mean()
+        >>> for step in range(100):
+        ...     params = es_step(params, fitness, fastes.fold_in(fastes.key(0), step),
+        ...                      population_size=64, sigma=0.05, learning_rate=0.1)
+        >>> model.load_state_dict(params, strict=False)
+    """
+    sigma = _check_args(
+        fitness_fn, key, population_size, sigma, antithetic, shaping, mode, chunk_size,
+        memory_budget,
+    )  # fmt: skip
+    learning_rate = _finite_float(learning_rate, "learning_rate")
+    weight_decay = _finite_float(weight_decay, "weight_decay")
+    rav = raveler(params)
+    theta = rav.ravel(params)
+    g, stats = _flat_estimate(
+        theta, rav, fitness_fn, key,
+        population_size=population_size, sigma=sigma, antithetic=antithetic, shaping=shaping,
+        objective_weights=objective_weights, minimize=minimize, mode=mode,
+        chunk_size=chunk_size, noise=noise, fitness_args=tuple(fitness_args),
+        memory_budget=memory_budget,
+    )  # fmt: skip
+    if weight_decay:
+        g = g.sub_(theta, alpha=weight_decay)
+    new = rav.unravel(theta.add_(g, alpha=learning_rate))
+    return (new, stats) if return_stats else new

@@ -1,0 +1,224 @@
+"""Gaussian noise as a pure function of (key, row, element): direct Philox or a shared table.
+
+Two sources keep the DESIGN §3 contract; both are reproducible from the key alone, so a
+population's noise is never stored as a (P, D) matrix unless it fits the memory budget.
+
+``PhiloxNoise`` — element k of row r is drawn directly from Philox4x32-10:
+    counter = (b mod 2^32, b div 2^32, r mod 2^32, r div 2^32) with block b = k div 4,
+    key = the step key. The four output words x0..x3 become four normals by Box-Muller on
+    (x0, x1) and (x2, x3), with u = ((x >> 8) + 1)·2^-24 ∈ (0, 1] for the radius and
+    v = (x >> 8)·2^-24 ∈ [0, 1) for the angle: n0 = √(-2 ln u0)·cos 2πv1, n1 = ...·sin 2πv1.
+    These integer steps are exact, so the Triton kernels reproduce the uniforms bit for bit.
+
+``TableNoise`` — the shared noise table of Salimans et al. 2017 (https://arxiv.org/abs/1703.03864):
+    a table T of N normals, itself Philox row 0 of a fixed table key, is made once per
+    (seed, size, device). Row r of a step is the slice T[o_r : o_r + D] at an offset o_r drawn
+    from Philox(key, r). Slices at different offsets are element-wise independent; only equal
+    offsets (probability ≈ P²/2N per generation) repeat a row.
+
+Measured on the 2-core CPU of the dev machine (torch 2.13, D = 100,000, 128 rows; the
+``benchmarks/test_bench_core.py`` cases reproduce them): torch.randn ≈ 8 ns/element, direct
+Philox here ≈ 6-7 ns/element once warm (64K-counter tiles; 8K tiles were 15 ns), and the table's
+weighted sum ≈ 0.2 ns/element. The table is therefore the CPU default; direct Philox is the GPU
+default (the kernels regenerate it in registers) and the fallback when D is too large for the
+table.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from .prng import MASK32, TAG_OFFSET, check_key, philox4x32
+from .prng import key as make_key
+
+__all__ = [
+    "PhiloxNoise",
+    "TableNoise",
+    "NoiseTable",
+    "noise_table",
+    "philox_normal_rows",
+    "philox_uint32_rows",
+    "table_offsets",
+    "DEFAULT_TABLE_SIZE",
+]
+
+DEFAULT_TABLE_SIZE = 2**24  # 16.7 M float32 = 64 MiB, generated in ~0.3 s on the dev CPU
+_TILE = 2**16  # Philox counters per tile: 64K int64 words per lane stay in L2 (measured best)
+_TWO_POW_M24 = 2.0**-24
+
+
+def _as_rows(rows: torch.Tensor | range | list, device) -> torch.Tensor:
+    if isinstance(rows, torch.Tensor):
+        return rows.to(device=device, dtype=torch.int64).reshape(-1)
+    return torch.as_tensor(list(rows), dtype=torch.int64, device=device)
+
+
+def _philox_words(k: torch.Tensor, rows: torch.Tensor, b0: int, nb: int):
+    """Philox output words for blocks [b0, b0 + nb) of each row: four (R, nb) int64 tensors."""
+    blocks = torch.arange(b0, b0 + nb, dtype=torch.int64, device=rows.device)
+    c0 = (blocks & MASK32).expand(rows.numel(), nb)
+    c1 = (blocks >> 32).expand(rows.numel(), nb)
+    c2 = (rows & MASK32)[:, None].expand(-1, nb)
+    c3 = (rows >> 32)[:, None].expand(-1, nb)
+    k0, k1 = (int(w) for w in k.tolist()) if k.device.type == "cpu" else (k[0], k[1])
+    return philox4x32(c0, c1, c2, c3, k0, k1)
+
+
+def philox_uint32_rows(k: torch.Tensor, rows, dim: int) -> torch.Tensor:
+    """The raw uint32 stream (in int64) behind :func:`philox_normal_rows`: shape (R, dim)."""
+    check_key(k)
+    rows = _as_rows(rows, k.device)
+    nb = -(-dim // 4)
+    words = _philox_words(k, rows, 0, nb)
+    return torch.stack(words, dim=-1).reshape(rows.numel(), 4 * nb)[:, :dim]
+
+
+def _box_muller(x0, x1, x2, x3, dtype) -> torch.Tensor:
+    """Four uint32 lanes (R, nb) -> (R, 4·nb) normals, element 4b + j from lane j."""
+    out = torch.empty(*x0.shape, 4, dtype=torch.float32, device=x0.device)
+    for (xu, xv), j in (((x0, x1), 0), ((x2, x3), 2)):
+        u = ((xu >> 8) + 1).to(torch.float32).mul_(_TWO_POW_M24)  # (0, 1]
+        v = (xv >> 8).to(torch.float32).mul_(_TWO_POW_M24 * 2 * math.pi)  # [0, 2π)
+        r = u.log_().mul_(-2.0).sqrt_()
+        torch.mul(r, torch.cos(v), out=out[..., j])
+        torch.mul(r, v.sin_(), out=out[..., j + 1])
+    out = out.reshape(x0.shape[0], -1)
+    return out if dtype == torch.float32 else out.to(dtype)
+
+
+def philox_normal_rows(
+    k: torch.Tensor, rows, dim: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Standard normals ε[r, 0:dim] for each row r in ``rows``: shape (R, dim).
+
+    A pure function of (key, r, element): any subset or order of rows gives the same values.
+    Element counters are 64-bit, so R·dim may exceed 2^32.
+
+    Example:
+        >>> eps = philox_normal_rows(fastes.key(0), torch.arange(4), 10)  # (4, 10)
+    """
+    check_key(k)
+    rows = _as_rows(rows, k.device)
+    R, nb = rows.numel(), -(-dim // 4)
+    out = torch.empty(R, 4 * nb, dtype=dtype, device=k.device)
+    # Tile over blocks so the ~12 int64 temporaries of each round stay cache-resident.
+    step = max(1, _TILE // max(R, 1))
+    for b0 in range(0, nb, step):
+        n = min(step, nb - b0)
+        out[:, 4 * b0 : 4 * (b0 + n)] = _box_muller(*_philox_words(k, rows, b0, n), dtype)
+    return out[:, :dim]
+
+
+class NoiseTable(NamedTuple):
+    """A shared table of standard normals (Philox row 0 of ``key(seed)``)."""
+
+    values: torch.Tensor  # (N,) float32
+    seed: int
+
+
+_TABLES: dict[tuple[int, int, str], NoiseTable] = {}
+
+
+def noise_table(
+    size: int = DEFAULT_TABLE_SIZE, seed: int = 0, device: torch.device | str = "cpu"
+) -> NoiseTable:
+    """The noise table of ``size`` normals for ``seed`` on ``device``, made once and memoised.
+
+    Made lazily on first use (never at import). Its values are a pure function of (seed, size),
+    so memoising it is an optimisation, not hidden state.
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int; got {size!r}")
+    device = torch.device(device)
+    cache_key = (size, seed, str(device))
+    table = _TABLES.get(cache_key)
+    if table is None:
+        values = philox_normal_rows(make_key(seed), [0], size)[0].to(device)
+        table = _TABLES[cache_key] = NoiseTable(values.contiguous(), seed)
+    return table
+
+
+def table_offsets(k: torch.Tensor, rows, dim: int, table_size: int) -> torch.Tensor:
+    """Offset o_r ∈ [0, table_size - dim] of each row's slice, drawn from Philox(key, r)."""
+    check_key(k)
+    rows = _as_rows(rows, k.device)
+    span = table_size - dim + 1
+    if span < 1:
+        raise ValueError(f"dim must be <= the noise table size {table_size}; got dim={dim}")
+    zero = torch.zeros_like(rows)
+    k0, k1 = k[0], k[1]
+    w0, w1, _, _ = philox4x32(rows & MASK32, rows >> 32, zero, zero + TAG_OFFSET, k0, k1)
+    # 62 random bits mod span: the modulo bias is below span / 2^62, i.e. negligible.
+    return (((w1 & 0x3FFFFFFF) << 32) | w0) % span
+
+
+class PhiloxNoise(NamedTuple):
+    """Noise drawn directly from Philox counters: row r, element k of the step key."""
+
+    def rows(self, k: torch.Tensor, rows: torch.Tensor, dim: int) -> torch.Tensor:
+        """(R, dim) float32 noise rows."""
+        return philox_normal_rows(k, rows, dim)
+
+    def weighted_sum(
+        self, k: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor, dim: int
+    ) -> torch.Tensor:
+        """Σ_j weights[j]·ε[rows[j]]: (dim,) float32, regenerating rows in tiles."""
+        out = torch.zeros(dim, dtype=torch.float32, device=k.device)
+        step = max(1, _TILE * 16 // max(dim, 1))
+        for s in range(0, rows.numel(), step):
+            out.addmv_(self.rows(k, rows[s : s + step], dim).T, weights[s : s + step].float())
+        return out
+
+    def perturb(self, k, rows, theta, sigma, antithetic, out):
+        """Write population members into ``out`` and return the (R, D) noise rows it drew.
+
+        Without antithetic sampling out[j] = θ + σ·ε[rows[j]]; with it, the pair
+        out[2j] = θ + σ·ε[rows[j]], out[2j + 1] = θ - σ·ε[rows[j]] shares one noise row.
+        """
+        eps = self.rows(k, rows, theta.numel())
+        if antithetic:
+            torch.add(theta, eps, alpha=sigma, out=out[0::2])
+            torch.sub(theta, eps, alpha=sigma, out=out[1::2])
+        else:
+            torch.add(theta, eps, alpha=sigma, out=out)
+        return eps
+
+
+class TableNoise(NamedTuple):
+    """Noise read from a shared table: row r is ``table[o_r : o_r + dim]``."""
+
+    table: NoiseTable
+
+    def rows(self, k: torch.Tensor, rows: torch.Tensor, dim: int) -> torch.Tensor:
+        t = self.table.values
+        offsets = table_offsets(k, rows, dim, t.numel()).tolist()
+        # Slice copies run at ~1.8 ns/element here; index_select on an overlapping
+        # as_strided view of the table took ~5 ns/element.
+        return torch.stack([t[o : o + dim] for o in offsets])
+
+    def perturb(self, k, rows, theta, sigma, antithetic, out):
+        """As :meth:`PhiloxNoise.perturb`, one pass per member; returns None (slices are free)."""
+        t = self.table.values
+        offsets = table_offsets(k, rows, theta.numel(), t.numel()).tolist()
+        for j, o in enumerate(offsets):
+            eps = t[o : o + theta.numel()]
+            if antithetic:
+                torch.add(theta, eps, alpha=sigma, out=out[2 * j])
+                torch.sub(theta, eps, alpha=sigma, out=out[2 * j + 1])
+            else:
+                torch.add(theta, eps, alpha=sigma, out=out[j])
+        return None
+
+    def weighted_sum(
+        self, k: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor, dim: int
+    ) -> torch.Tensor:
+        offsets = table_offsets(k, rows, dim, self.table.values.numel()).tolist()
+        t = self.table.values
+        out = torch.zeros(dim, dtype=torch.float32, device=t.device)
+        # One fused multiply-add per row over a table slice: no (R, dim) gather is made.
+        for o, w in zip(offsets, weights.tolist()):
+            out.add_(t[o : o + dim], alpha=w)
+        return out

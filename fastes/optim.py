@@ -1,0 +1,197 @@
+"""Functional optimizers for ES gradients, optax style: ``(init, update)`` pairs.
+
+Every transformation here **ascends**: it takes the fitness gradient ĝ from
+:func:`fastes.estimate_grad` (which points uphill) and returns updates to *add* to the params::
+
+    opt = fastes.optim.adam(learning_rate=0.01)
+    state = opt.init(params)
+    grad, stats = fastes.estimate_grad(params, fitness_fn, key, population_size=..., sigma=...)
+    updates, state = opt.update(grad, state, params)
+    params = fastes.optim.apply_updates(params, updates)
+
+States are NamedTuples of tensors/pytrees, so they checkpoint with ``torch.save`` and pass through
+``torch.compile``. Hyperparameters are closed over.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+
+from .tree import tree_leaves, tree_map
+
+__all__ = [
+    "GradientTransformation",
+    "apply_updates",
+    "sgd",
+    "momentum",
+    "adam",
+    "clipup",
+    "add_decayed_weights",
+    "chain",
+    "EmptyState",
+    "MomentumState",
+    "AdamState",
+    "ClipUpState",
+]
+
+
+class GradientTransformation(NamedTuple):
+    """An optimizer: ``state = init(params)``; ``updates, state = update(grad, state, params)``."""
+
+    init: Callable[[Any], Any]
+    update: Callable[[Any, Any, Any], tuple[Any, Any]]
+
+
+class EmptyState(NamedTuple):
+    """State of a stateless transformation."""
+
+
+class MomentumState(NamedTuple):
+    velocity: Any  # pytree like params
+
+
+class AdamState(NamedTuple):
+    count: torch.Tensor  # () int64, steps taken
+    mu: Any  # first moment, pytree like params
+    nu: Any  # second moment, pytree like params
+
+
+class ClipUpState(NamedTuple):
+    velocity: Any  # pytree like params
+
+
+def _check_rate(value: float, name: str, *, low: float = 0.0, high: float = math.inf) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{name} must be a real number; got {type(value).__name__} {value!r}"
+        ) from None
+    if not (math.isfinite(v) and low <= v <= high):
+        raise ValueError(f"{name} must be a finite number in [{low}, {high}]; got {value!r}")
+    return v
+
+
+def apply_updates(params: Any, updates: Any) -> Any:
+    """params + updates, leaf-wise, keeping each param's dtype."""
+    return tree_map(lambda p, u: (p.detach() + u).to(p.dtype), params, updates)
+
+
+def _zeros_f32(params: Any) -> Any:
+    # Optimizer state in float32 (float64 for float64 params) so fp16/bf16 params don't lose it.
+    return tree_map(
+        lambda p: torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32)), params
+    )
+
+
+def _global_norm(tree: Any) -> torch.Tensor:
+    return torch.sqrt(sum((leaf.float() ** 2).sum() for leaf in tree_leaves(tree)))
+
+
+def sgd(learning_rate: float) -> GradientTransformation:
+    """Plain gradient ascent: updates = learning_rate·ĝ."""
+    lr = _check_rate(learning_rate, "learning_rate")
+
+    def update(grad, state, params=None):
+        return tree_map(lambda g: lr * g, grad), state
+
+    return GradientTransformation(lambda params: EmptyState(), update)
+
+
+def momentum(learning_rate: float, beta: float = 0.9, nesterov: bool = False):
+    """Heavy-ball momentum: v ← β·v + ĝ; updates = lr·v (lr·(β·v + ĝ) with Nesterov)."""
+    lr = _check_rate(learning_rate, "learning_rate")
+    beta = _check_rate(beta, "beta", high=1.0)
+
+    def init(params):
+        return MomentumState(_zeros_f32(params))
+
+    def update(grad, state, params=None):
+        v = tree_map(lambda v, g: beta * v + g, state.velocity, grad)
+        step = tree_map(lambda v, g: beta * v + g, v, grad) if nesterov else v
+        return tree_map(lambda s: lr * s, step), MomentumState(v)
+
+    return GradientTransformation(init, update)
+
+
+def adam(learning_rate: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
+    """Adam (Kingma & Ba 2015, https://arxiv.org/abs/1412.6980), ascending.
+
+    m ← b1·m + (1−b1)·ĝ; v ← b2·v + (1−b2)·ĝ²; updates = lr·m̂ / (√v̂ + eps) with the usual
+    bias corrections m̂ = m / (1 − b1^t), v̂ = v / (1 − b2^t).
+    """
+    lr = _check_rate(learning_rate, "learning_rate")
+    b1 = _check_rate(b1, "b1", high=1.0)
+    b2 = _check_rate(b2, "b2", high=1.0)
+    eps = _check_rate(eps, "eps")
+
+    def init(params):
+        return AdamState(torch.zeros((), dtype=torch.int64), _zeros_f32(params), _zeros_f32(params))
+
+    def update(grad, state, params=None):
+        count = state.count + 1
+        mu = tree_map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grad)
+        nu = tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, grad)
+        c1 = 1 - b1 ** count.item()
+        c2 = 1 - b2 ** count.item()
+        updates = tree_map(lambda m, v: lr * (m / c1) / ((v / c2).sqrt() + eps), mu, nu)
+        return updates, AdamState(count, mu, nu)
+
+    return GradientTransformation(init, update)
+
+
+def clipup(learning_rate: float, max_speed: float | None = None, beta: float = 0.9):
+    """ClipUp (Toklu et al. 2020, https://arxiv.org/abs/2008.02387), ascending.
+
+    v ← β·v + lr·ĝ/‖ĝ‖; if ‖v‖ > max_speed then v ← max_speed·v/‖v‖; updates = v.
+    The paper's rule of thumb ``max_speed = 2·learning_rate`` is the default.
+    """
+    lr = _check_rate(learning_rate, "learning_rate")
+    max_speed = 2 * lr if max_speed is None else _check_rate(max_speed, "max_speed")
+    beta = _check_rate(beta, "beta", high=1.0)
+
+    def init(params):
+        return ClipUpState(_zeros_f32(params))
+
+    def update(grad, state, params=None):
+        g_norm = _global_norm(grad)
+        scale = lr / g_norm if float(g_norm) > 0 else 0.0
+        v = tree_map(lambda v, g: beta * v + scale * g, state.velocity, grad)
+        v_norm = float(_global_norm(v))
+        if v_norm > max_speed:
+            v = tree_map(lambda x: x * (max_speed / v_norm), v)
+        return v, ClipUpState(v)
+
+    return GradientTransformation(init, update)
+
+
+def add_decayed_weights(weight_decay: float) -> GradientTransformation:
+    """Decoupled weight decay for ascent: ĝ ← ĝ − weight_decay·θ (chain it before the optimizer)."""
+    wd = _check_rate(weight_decay, "weight_decay")
+
+    def update(grad, state, params):
+        if params is None:
+            raise ValueError("add_decayed_weights needs params: call update(grad, state, params)")
+        return tree_map(lambda g, p: g - wd * p.detach(), grad, params), state
+
+    return GradientTransformation(lambda params: EmptyState(), update)
+
+
+def chain(*transforms: GradientTransformation) -> GradientTransformation:
+    """Compose transformations left to right; the state is a tuple of their states."""
+
+    def init(params):
+        return tuple(t.init(params) for t in transforms)
+
+    def update(grad, state, params=None):
+        new_states = []
+        for t, s in zip(transforms, state):
+            grad, s = t.update(grad, s, params)
+            new_states.append(s)
+        return grad, tuple(new_states)
+
+    return GradientTransformation(init, update)

@@ -1,0 +1,135 @@
+"""Counter-based keys and the Philox4x32-10 generator, in plain PyTorch.
+
+Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011,
+https://doi.org/10.1145/2063384.2063405) maps a 128-bit counter and a 64-bit key to 128 random
+bits. It is the generator Triton's ``tl.philox`` implements, so the CPU reference here and the GPU
+kernels produce bit-identical uint32 streams for the same (key, counter).
+
+A *key* is an int64 tensor of shape (2,) holding two uint32 words ``(k0, k1)``. Because it is a
+tensor, a changing key is data to ``torch.compile``, not a constant that triggers recompilation.
+Keys are derived with :func:`key`, :func:`split` and :func:`fold_in`; nothing here touches torch's
+global RNG.
+
+uint32 words are stored in int64 tensors: torch has no shifts for uint64, but int64 multiplication
+wraps modulo 2^64, which gives the exact low 64 bits of the 32x32-bit product (checked against
+numpy's uint64 arithmetic in tests/test_prng.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["key", "split", "fold_in", "philox4x32", "check_key"]
+
+MASK32 = 0xFFFFFFFF
+_M0, _M1 = 0xD2511F53, 0xCD9E8D57  # round multipliers
+_W0, _W1 = 0x9E3779B9, 0xBB67AE85  # Weyl key increments
+
+# Domain tags in counter word 3, so that split, fold_in and the noise-table offsets never reuse a
+# counter that noise generation (word 3 = high half of a row index) could reach.
+TAG_SPLIT = 0x53504C54  # "SPLT"
+TAG_FOLD = 0x464F4C44  # "FOLD"
+TAG_OFFSET = 0x4F464653  # "OFFS"
+
+
+def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = 10):
+    """Philox4x32 rounds on uint32 words held in int64 tensors (or Python ints).
+
+    Args:
+        c0, c1, c2, c3: counter words, int64 tensors (broadcastable) with values in [0, 2^32).
+        k0, k1: key words, Python ints or int64 tensors in [0, 2^32).
+        rounds: number of rounds; 10 is Philox4x32-10.
+
+    Returns:
+        Four int64 tensors with the output words, values in [0, 2^32).
+
+    Example:
+        >>> z = torch.zeros(1, dtype=torch.int64)
+        >>> [hex(int(w)) for w in philox4x32(z, z, z, z, 0, 0)]
+        ['0x6627e8d5', '0xe169c58d', '0xbc57ac4c', '0x9b00dbd8']
+    """
+    for r in range(rounds):
+        if r:
+            k0 = (k0 + _W0) & MASK32
+            k1 = (k1 + _W1) & MASK32
+        p0 = c0 * _M0  # wraps mod 2^64: exact 64-bit product of two uint32 values
+        p1 = c2 * _M1
+        # (p >> 32) is an arithmetic shift, so mask the sign extension away.
+        c0, c1, c2, c3 = (
+            ((p1 >> 32) & MASK32) ^ c1 ^ k0,
+            p1 & MASK32,
+            ((p0 >> 32) & MASK32) ^ c3 ^ k1,
+            p0 & MASK32,
+        )
+    return c0, c1, c2, c3
+
+
+def check_key(k: torch.Tensor, name: str = "key") -> torch.Tensor:
+    """Validate that ``k`` is a key (int64 tensor of shape (2,)); return it."""
+    if not isinstance(k, torch.Tensor) or k.dtype != torch.int64 or tuple(k.shape) != (2,):
+        got = (
+            f"tensor of dtype {k.dtype} and shape {tuple(k.shape)}"
+            if isinstance(k, torch.Tensor)
+            else repr(type(k).__name__)
+        )
+        raise TypeError(
+            f"{name} must be a key made by fastes.key(seed): an int64 tensor of shape (2,); "
+            f"got {got}"
+        )
+    return k
+
+
+def key(seed: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Make a key from an integer seed in [0, 2^64).
+
+    The key's words are the seed's low and high 32 bits, so ``key(s)`` is printable and
+    round-trips through ``torch.save`` or ``key.tolist()``.
+
+    Example:
+        >>> key(42)
+        tensor([42,  0])
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int in [0, 2**64); got {type(seed).__name__} {seed!r}")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64); got {seed}")
+    return torch.tensor([seed & MASK32, seed >> 32], dtype=torch.int64, device=device)
+
+
+def _derive(k: torch.Tensor, c0, c1, tag: int) -> torch.Tensor:
+    zero = torch.zeros_like(c0)
+    w0, w1, _, _ = philox4x32(c0, c1, zero, zero + tag, k[0], k[1])
+    return torch.stack([w0, w1], dim=-1)
+
+
+def split(k: torch.Tensor, num: int = 2) -> torch.Tensor:
+    """Split a key into ``num`` new independent keys, returned as a (num, 2) tensor.
+
+    Example:
+        >>> k1, k2 = split(key(0))
+    """
+    check_key(k)
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ValueError(f"num must be a positive int; got {num!r}")
+    c0 = torch.arange(num, dtype=torch.int64, device=k.device)
+    return _derive(k, c0, torch.zeros_like(c0), TAG_SPLIT)
+
+
+def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
+    """Derive a new key from ``k`` and a 64-bit integer ``data`` (e.g. the step number).
+
+    ``data`` may be an int64 0-d tensor, so a step counter inside a compiled function stays data.
+
+    Example:
+        >>> step_key = fold_in(key(0), 7)
+    """
+    check_key(k)
+    if isinstance(data, torch.Tensor):
+        d = data.to(device=k.device, dtype=torch.int64).reshape(())
+    elif isinstance(data, int) and not isinstance(data, bool):
+        if not -(2**63) <= data < 2**64:
+            raise ValueError(f"data must fit in 64 bits; got {data}")
+        d = torch.tensor(data % 2**64 - (2**64 if data % 2**64 >= 2**63 else 0), device=k.device)
+    else:
+        raise TypeError(f"data must be an int or an int64 tensor; got {type(data).__name__}")
+    return _derive(k, d & MASK32, (d >> 32) & MASK32, TAG_FOLD)

@@ -1,0 +1,165 @@
+"""Fitness shaping: raw fitness (P,) or (P, K) -> one weight per member (P,).
+
+Fitness is **maximized** everywhere in fastes: a larger weight pulls the search toward that
+member. Pass ``minimize=True`` to shape the negated fitness instead; nothing flips silently.
+
+Methods (``method=``):
+
+* ``"centered_ranks"`` — rank / (P - 1) - 0.5 ∈ [-0.5, 0.5], the OpenAI-ES shaping
+  (Salimans et al. 2017, https://arxiv.org/abs/1703.03864).
+* ``"nes"`` — the NES log-rank utilities u_k = max(0, ln(P/2 + 1) - ln k) / Σ_j (...) - 1/P for
+  the k-th best member (Wierstra et al. 2014, https://arxiv.org/abs/1106.4487); they sum to 0.
+* ``"zscore"`` — (f - mean) / std; all zeros when std = 0 (a flat population carries no signal).
+* ``"raw"`` — the fitness itself.
+
+Ties get the mean of the weights their ranks would get, so equal fitness always means equal
+weight, and an all-equal population yields a zero gradient.
+
+Multiple objectives: fitness (P, K) is shaped column by column, then combined as
+Σ_k objective_weights[k] · shaped[:, k] (equal weights 1/K by default).
+
+Non-finite policy (DESIGN §8): NaN is the worst possible fitness. Rank methods rank NaN members
+below everything (−inf included), tied with each other; value methods (zscore, raw) give them the
+weight of the lowest finite fitness. ±inf rank normally; value methods clamp them to the
+largest/smallest finite value. :class:`ShapeStats` counts both. A column that is entirely NaN
+raises ``ValueError``: there is nothing to learn from it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["METHODS", "ShapeStats", "shape_fitness", "centered_ranks", "nes_utilities", "zscore"]
+
+METHODS = ("centered_ranks", "nes", "zscore", "raw")
+
+
+class ShapeStats(NamedTuple):
+    """Counts of non-finite fitness values seen while shaping (over all objectives)."""
+
+    nan_count: int
+    inf_count: int
+
+
+def _rank_table(p: int, method: str, dtype, device) -> torch.Tensor:
+    """Weight of the member at ascending sorted position 0..p-1 (0 = worst)."""
+    pos = torch.arange(p, dtype=torch.float64, device=device)
+    if method == "centered_ranks":
+        table = pos / max(p - 1, 1) - 0.5 if p > 1 else torch.zeros(1, dtype=torch.float64)
+    else:  # nes: utility of the k-th best, k = p - pos
+        k = p - pos
+        u = (math.log(p / 2 + 1) - torch.log(k)).clamp_min(0)
+        table = u / u.sum() - 1.0 / p
+    return table.to(device=device, dtype=dtype)
+
+
+def _rank_weights(f: torch.Tensor, method: str) -> torch.Tensor:
+    """Rank-based weights of one objective (P,), ties averaged, NaN below everything."""
+    p = f.numel()
+    out_dtype = f.dtype
+    table = _rank_table(p, method, torch.float64, f.device)  # averaged in float64, cast at the end
+    nan = torch.isnan(f)
+    # Group exact ties among the non-NaN values (ascending); NaN members form one extra group
+    # below all of them, so they rank last even against −inf.
+    _, group, counts = torch.unique(f[~nan], sorted=True, return_inverse=True, return_counts=True)
+    n_nan = int(nan.sum())
+    if n_nan:
+        all_groups = torch.zeros(p, dtype=group.dtype, device=f.device)
+        all_groups[~nan] = group + 1
+        group, counts = all_groups, torch.cat([counts.new_tensor([n_nan]), counts])
+    if counts.numel() == 1:
+        return torch.zeros_like(f)  # every member tied: no signal (exactly, not up to rounding)
+    starts = torch.cumsum(counts, 0) - counts  # first sorted position of each group
+    # Mean of the table over each group's positions, via a cumulative sum.
+    csum = torch.cat([table.new_zeros(1), torch.cumsum(table, 0)])
+    group_mean = (csum[starts + counts] - csum[starts]) / counts.to(table.dtype)
+    return group_mean[group].to(out_dtype)
+
+
+def _value_weights(f: torch.Tensor, method: str) -> torch.Tensor:
+    finite = torch.isfinite(f)
+    if not bool(finite.any()):
+        return torch.zeros_like(f)  # all ±inf/NaN mixtures without a finite anchor: no signal
+    lo, hi = f[finite].min(), f[finite].max()
+    g = torch.where(torch.isnan(f), lo, f).clamp(lo, hi)
+    if method == "raw":
+        return g
+    std = g.std(unbiased=False)
+    return torch.zeros_like(g) if float(std) == 0.0 else (g - g.mean()) / std
+
+
+def shape_fitness(
+    fitness: torch.Tensor,
+    method: str = "centered_ranks",
+    *,
+    objective_weights: Sequence[float] | torch.Tensor | None = None,
+    minimize: bool = False,
+) -> tuple[torch.Tensor, ShapeStats]:
+    """Turn fitness (P,) or (P, K) into weights (P,) for the gradient estimate.
+
+    Args:
+        fitness: (P,) or (P, K) fitness values; larger is better unless ``minimize``.
+        method: one of ``METHODS``.
+        objective_weights: K weights combining the shaped objectives (default 1/K each).
+        minimize: shape ``-fitness`` instead, i.e. smaller fitness is better.
+
+    Returns:
+        ``(weights, stats)``: weights (P,) in fitness' float dtype (float32 for integer input),
+        and :class:`ShapeStats` with the NaN and inf counts.
+
+    Example:
+        >>> w, _ = shape_fitness(torch.tensor([3.0, 1.0, 2.0]))
+        >>> w
+        tensor([ 0.5000, -0.5000,  0.0000])
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    if not isinstance(fitness, torch.Tensor):
+        raise TypeError(f"fitness must be a torch.Tensor; got {type(fitness).__name__}")
+    if fitness.dim() not in (1, 2) or fitness.shape[0] < 1:
+        raise ValueError(f"fitness must have shape (P,) or (P, K); got {tuple(fitness.shape)}")
+    f = fitness if fitness.is_floating_point() else fitness.float()
+    f = f[:, None] if f.dim() == 1 else f
+    P, K = f.shape
+    if objective_weights is None:
+        ow = torch.full((K,), 1.0 / K, dtype=f.dtype, device=f.device)
+    else:
+        ow = torch.as_tensor(objective_weights, dtype=f.dtype, device=f.device).reshape(-1)
+        if ow.numel() != K or not bool(torch.isfinite(ow).all()):
+            raise ValueError(
+                f"objective_weights must be {K} finite numbers, one per objective (fitness has "
+                f"shape {tuple(fitness.shape)}); got {objective_weights!r}"
+            )
+    if minimize:
+        f = -f
+    nan = torch.isnan(f)
+    all_nan = nan.all(dim=0)
+    if bool(all_nan.any()):
+        cols = all_nan.nonzero().flatten().tolist()
+        raise ValueError(
+            f"fitness is NaN for every member of the population (objective column(s) {cols}); "
+            "check the fitness function"
+        )
+    stats = ShapeStats(int(nan.sum()), int(torch.isinf(f).sum()))
+    shape_one = _rank_weights if method in ("centered_ranks", "nes") else _value_weights
+    shaped = torch.stack([shape_one(f[:, j], method) for j in range(K)], dim=1)  # (P, K)
+    return shaped @ ow, stats
+
+
+def centered_ranks(fitness: torch.Tensor) -> torch.Tensor:
+    """Centered ranks in [-0.5, 0.5] of a (P,) fitness (ties averaged)."""
+    return shape_fitness(fitness, "centered_ranks")[0]
+
+
+def nes_utilities(fitness: torch.Tensor) -> torch.Tensor:
+    """NES log-rank utilities of a (P,) fitness (ties averaged); they sum to 0."""
+    return shape_fitness(fitness, "nes")[0]
+
+
+def zscore(fitness: torch.Tensor) -> torch.Tensor:
+    """(f - mean) / std of a (P,) fitness; zeros when std = 0."""
+    return shape_fitness(fitness, "zscore")[0]

@@ -1,0 +1,117 @@
+"""Pytrees of tensors <-> one flat vector.
+
+A pytree is any nesting of dict, list, tuple, NamedTuple and OrderedDict with tensor leaves —
+e.g. ``dict(model.named_parameters())``. ES works on the flat mean θ (D,); these helpers move
+between the two and back, keeping structure, shapes, dtypes and the device.
+
+The flat vector is float32 for fp16/bf16/fp32 leaves (exact for all three) and float64 when any
+leaf is float64, so every round trip is bit-exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch.utils import _pytree as pytree
+
+__all__ = ["Raveler", "ravel", "raveler", "tree_map", "tree_leaves"]
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def tree_leaves(tree: Any) -> list:
+    """The leaves of ``tree`` in flattening order."""
+    return pytree.tree_leaves(tree)
+
+
+def tree_map(fn: Callable, tree: Any, *rest: Any) -> Any:
+    """Apply ``fn`` leaf-wise over one or more pytrees of the same structure."""
+    return pytree.tree_map(fn, tree, *rest)
+
+
+class Raveler(NamedTuple):
+    """How to cut a flat vector back into a pytree: made by :func:`raveler`."""
+
+    spec: pytree.TreeSpec
+    shapes: tuple[torch.Size, ...]
+    dtypes: tuple[torch.dtype, ...]
+    sizes: tuple[int, ...]
+    device: torch.device
+    flat_dtype: torch.dtype
+
+    @property
+    def dim(self) -> int:
+        """D, the number of flat parameters."""
+        return sum(self.sizes)
+
+    def ravel(self, tree: Any) -> torch.Tensor:
+        """Flatten a pytree of this structure into a (D,) vector of ``flat_dtype``."""
+        leaves = pytree.tree_leaves(tree)
+        return torch.cat([leaf.detach().reshape(-1).to(self.flat_dtype) for leaf in leaves])
+
+    def unravel(self, flat: torch.Tensor) -> Any:
+        """(D,) -> pytree with the original structure, shapes and dtypes."""
+        return self._cut(flat, ())
+
+    def unravel_batch(self, flat: torch.Tensor) -> Any:
+        """(B, D) -> pytree whose leaves have a leading batch dim: (B, *shape)."""
+        return self._cut(flat, (flat.shape[0],))
+
+    def _cut(self, flat: torch.Tensor, batch: tuple[int, ...]) -> Any:
+        parts = torch.split(flat, self.sizes, dim=-1)
+        leaves = [
+            p.reshape((*batch, *shape)).to(dtype)
+            for p, shape, dtype in zip(parts, self.shapes, self.dtypes)
+        ]
+        return pytree.tree_unflatten(leaves, self.spec)
+
+
+def raveler(tree: Any, name: str = "params") -> Raveler:
+    """Check that ``tree`` is a non-empty pytree of float tensors on one device; describe it.
+
+    Raises:
+        ValueError: the pytree has no leaves, or its leaves are on different devices.
+        TypeError: a leaf is not a tensor, or not a floating-point tensor.
+    """
+    leaves, spec = pytree.tree_flatten(tree)
+    if not leaves:
+        raise ValueError(f"{name} must be a non-empty pytree of float tensors; got {tree!r}")
+    paths = [pytree.keystr(p) for p, _ in pytree.tree_flatten_with_path(tree)[0]]
+    for path, leaf in zip(paths, leaves):
+        if not isinstance(leaf, torch.Tensor):
+            raise TypeError(
+                f"{name}{path} must be a torch.Tensor; got {type(leaf).__name__} {leaf!r}"
+            )
+        if leaf.dtype not in _FLOATS:
+            raise TypeError(
+                f"{name}{path} must be a floating-point tensor (float16, bfloat16, float32 or "
+                f"float64); got dtype {leaf.dtype}"
+            )
+    devices = {leaf.device for leaf in leaves}
+    if len(devices) > 1:
+        where = ", ".join(f"{name}{p} on {leaf.device}" for p, leaf in zip(paths, leaves))
+        raise ValueError(f"all leaves of {name} must be on one device; got {where}")
+    flat_dtype = torch.float64 if any(x.dtype == torch.float64 for x in leaves) else torch.float32
+    return Raveler(
+        spec=spec,
+        shapes=tuple(leaf.shape for leaf in leaves),
+        dtypes=tuple(leaf.dtype for leaf in leaves),
+        sizes=tuple(leaf.numel() for leaf in leaves),
+        device=leaves[0].device,
+        flat_dtype=flat_dtype,
+    )
+
+
+def ravel(tree: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
+    """Flatten a pytree of float tensors: returns ``(flat, unravel)``.
+
+    Example:
+        >>> params = dict(torch.nn.Linear(3, 2).named_parameters())
+        >>> flat, unravel = ravel(params)  # flat: (8,) float32
+        >>> unravel(flat)["weight"].shape
+        torch.Size([2, 3])
+    """
+    r = raveler(tree)
+    return r.ravel(tree), r.unravel

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+import torch
+
+M0, M1, W0, W1 = 0xD2511F53, 0xCD9E8D57, 0x9E3779B9, 0xBB67AE85
+
+
+def philox_numpy(c, k, rounds=10):
+    """Independent Philox4x32 oracle in numpy uint64 (exact modular arithmetic).
+
+    c: (4, n) uint64 counter words, k: (k0, k1). Returns (4, n) uint64 output words.
+    """
+    c0, c1, c2, c3 = (np.asarray(w, dtype=np.uint64) for w in c)
+    k0, k1 = np.uint64(k[0]), np.uint64(k[1])
+    mask = np.uint64(0xFFFFFFFF)
+    for r in range(rounds):
+        if r:
+            k0 = (k0 + np.uint64(W0)) & mask
+            k1 = (k1 + np.uint64(W1)) & mask
+        p0 = c0 * np.uint64(M0)
+        p1 = c2 * np.uint64(M1)
+        c0, c1, c2, c3 = (
+            (p1 >> np.uint64(32)) ^ c1 ^ k0,
+            p1 & mask,
+            (p0 >> np.uint64(32)) ^ c3 ^ k1,
+            p0 & mask,
+        )
+    return np.stack([c0, c1, c2, c3])
+
+
+@pytest.fixture
+def oracle():
+    return philox_numpy
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

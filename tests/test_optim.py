@@ -1,0 +1,117 @@
+import io
+
+import pytest
+import torch
+
+import fastes
+from fastes import optim
+
+
+def _grads(n=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {"w": torch.randn(3, 2, generator=g), "b": torch.randn(2, generator=g)} for _ in range(n)
+    ]
+
+
+def _run(opt, params, grads):
+    state = opt.init(params)
+    for g in grads:
+        u, state = opt.update(g, state, params)
+        params = optim.apply_updates(params, u)
+    return params, state
+
+
+def _torch_run(make, params, grads):
+    # torch.optim minimizes; feeding it .grad = -ĝ makes it ascend ĝ, which fastes.optim does.
+    ps = {k: torch.nn.Parameter(v.clone()) for k, v in params.items()}
+    opt = make(ps.values())
+    for g in grads:
+        for k, p in ps.items():
+            p.grad = -g[k]
+        opt.step()
+    return {k: p.detach() for k, p in ps.items()}
+
+
+@pytest.mark.parametrize(
+    "ours,theirs",
+    [
+        (lambda: optim.sgd(0.1), lambda ps: torch.optim.SGD(ps, lr=0.1)),
+        (lambda: optim.momentum(0.1, 0.9), lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9)),
+        (
+            lambda: optim.momentum(0.1, 0.9, nesterov=True),
+            lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
+        ),
+        (lambda: optim.adam(0.01), lambda ps: torch.optim.Adam(ps, lr=0.01)),
+    ],
+)
+def test_matches_torch_optim_ascending(ours, theirs):
+    params = {"w": torch.zeros(3, 2), "b": torch.ones(2)}
+    grads = _grads()
+    a, _ = _run(ours(), params, grads)
+    b = _torch_run(theirs, params, grads)
+    # Same formulas, different operation order: agreement to a few float32 ulps of values ~1.
+    for k in params:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-6)
+
+
+def test_clipup_normalises_the_gradient_and_caps_speed():
+    params = {"w": torch.zeros(3, 2), "b": torch.zeros(2)}
+    opt = optim.clipup(learning_rate=0.1, max_speed=0.15, beta=0.9)
+    state = opt.init(params)
+    g = {"w": 100 * torch.ones(3, 2), "b": torch.zeros(2)}
+    u, state = opt.update(g, state, params)
+    # First step: v = lr·ĝ/‖ĝ‖, norm exactly lr whatever ‖ĝ‖ is.
+    assert abs(float(optim._global_norm(u)) - 0.1) < 1e-6
+    for _ in range(20):
+        u, state = opt.update(g, state, params)
+        assert float(optim._global_norm(u)) <= 0.15 * (1 + 1e-6)
+    assert abs(float(optim._global_norm(u)) - 0.15) < 1e-6  # the cap binds at steady state
+    assert torch.all(u["w"] > 0)  # ascent: moves along +ĝ
+
+
+def test_weight_decay_chain_and_checkpointable_state():
+    params = {"w": torch.ones(2)}
+    opt = optim.chain(optim.add_decayed_weights(0.5), optim.sgd(0.1))
+    u, state = opt.update({"w": torch.zeros(2)}, opt.init(params), params)
+    assert torch.allclose(u["w"], torch.full((2,), -0.05))
+    _, adam_state = _run(optim.adam(0.1), params, [{"w": torch.ones(2)}] * 3)
+    assert isinstance(adam_state, optim.AdamState) and int(adam_state.count) == 3
+    buf = io.BytesIO()
+    torch.save(adam_state, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert torch.equal(loaded.mu["w"], adam_state.mu["w"])
+
+
+def test_half_precision_params_keep_float32_state():
+    params = {"w": torch.ones(4).half()}
+    new, state = _run(optim.adam(1e-3), params, [{"w": torch.full((4,), 1e-3).half()}] * 3)
+    assert new["w"].dtype == torch.float16 and state.mu["w"].dtype == torch.float32
+
+
+def test_bad_hyperparameters():
+    with pytest.raises(
+        ValueError, match=r"learning_rate must be a finite number in \[0.0, inf\]; got -1"
+    ):
+        optim.sgd(-1)
+    with pytest.raises(ValueError, match=r"beta must be a finite number in \[0.0, 1.0\]; got 1.5"):
+        optim.momentum(0.1, beta=1.5)
+    with pytest.raises(TypeError, match="learning_rate must be a real number"):
+        optim.adam("fast")
+    with pytest.raises(ValueError, match="add_decayed_weights needs params"):
+        optim.add_decayed_weights(0.1).update({"w": torch.ones(1)}, optim.EmptyState(), None)
+
+
+def test_estimate_grad_plus_optimizer_improves_fitness():
+    params = {"x": torch.full((30,), 2.0)}
+    f = lambda p: -(p["x"] ** 2).sum()
+    opt = optim.adam(0.1)
+    state = opt.init(params)
+    for t in range(60):
+        g, _ = fastes.estimate_grad(
+            params, f, fastes.fold_in(fastes.key(0), t), population_size=32, sigma=0.1
+        )
+        u, state = opt.update(g, state, params)
+        params = optim.apply_updates(params, u)
+    assert f(params) > 0.05 * -120  # from f = -120 to within 5% of the start
