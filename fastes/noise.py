@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import torch
 
+from . import _dispatch
 from .prng import MASK32, TAG_OFFSET, check_key, philox4x32
 from .prng import key as make_key
 
@@ -41,6 +42,8 @@ __all__ = [
     "noise_table",
     "philox_normal_rows",
     "philox_uint32_rows",
+    "philox_weighted_sum",
+    "philox_perturb",
     "table_offsets",
     "DEFAULT_TABLE_SIZE",
 ]
@@ -155,36 +158,85 @@ def table_offsets(k: torch.Tensor, rows, dim: int, table_size: int) -> torch.Ten
     return (((w1 & 0x3FFFFFFF) << 32) | w0) % span
 
 
+def philox_weighted_sum(
+    k: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor, dim: int
+) -> torch.Tensor:
+    """Σ_j weights[j]·ε[rows[j]] as a (dim,) float32 tensor, regenerating rows in tiles.
+
+    Reference of the fused Triton reduction (kernels/reduce.py): same signature and semantics.
+    """
+    out = torch.zeros(dim, dtype=torch.float32, device=k.device)
+    step = max(1, _TILE * 16 // max(dim, 1))  # ~4 MiB of rows at a time
+    for s in range(0, rows.numel(), step):
+        eps = philox_normal_rows(k, rows[s : s + step], dim)
+        out.addmv_(eps.T, weights[s : s + step].to(out))
+    return out
+
+
+def philox_perturb(
+    k: torch.Tensor,
+    rows: torch.Tensor,
+    theta: torch.Tensor,
+    sigma: float,
+    antithetic: bool,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Members θ ± σ·ε[rows[j]]: returns ``(members, eps)``.
+
+    Without antithetic sampling members[j] = θ + σ·ε[rows[j]]; with it, the pair
+    members[2j] = θ + σ·ε[rows[j]], members[2j + 1] = θ − σ·ε[rows[j]] shares one row.
+    ``out`` (R or 2R, D) receives the members when given. Reference of kernels/perturb.py, which
+    returns the members only (it never materialises ε).
+    """
+    eps = philox_normal_rows(k, rows, theta.numel())
+    if out is None:
+        out = torch.empty(
+            rows.numel() * (2 if antithetic else 1),
+            theta.numel(),
+            dtype=theta.dtype,
+            device=theta.device,
+        )
+    if antithetic:
+        torch.add(theta, eps, alpha=sigma, out=out[0::2])
+        torch.sub(theta, eps, alpha=sigma, out=out[1::2])
+    else:
+        torch.add(theta, eps, alpha=sigma, out=out)
+    return out, eps
+
+
 class PhiloxNoise(NamedTuple):
-    """Noise drawn directly from Philox counters: row r, element k of the step key."""
+    """Noise drawn directly from Philox counters: row r, element k of the step key.
+
+    On CUDA tensors with triton available the Triton kernels run (see fastes._dispatch);
+    elsewhere the PyTorch references above.
+    """
 
     def rows(self, k: torch.Tensor, rows: torch.Tensor, dim: int) -> torch.Tensor:
         """(R, dim) float32 noise rows."""
+        ops = _dispatch.kernel_ops(k.device)
+        if ops is not None:
+            return ops.philox_normal_rows(k, _as_rows(rows, k.device), dim)
         return philox_normal_rows(k, rows, dim)
 
     def weighted_sum(
         self, k: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor, dim: int
     ) -> torch.Tensor:
-        """Σ_j weights[j]·ε[rows[j]]: (dim,) float32, regenerating rows in tiles."""
-        out = torch.zeros(dim, dtype=torch.float32, device=k.device)
-        step = max(1, _TILE * 16 // max(dim, 1))
-        for s in range(0, rows.numel(), step):
-            out.addmv_(self.rows(k, rows[s : s + step], dim).T, weights[s : s + step].float())
-        return out
+        """Σ_j weights[j]·ε[rows[j]]: (dim,) float32, never storing all rows at once."""
+        ops = _dispatch.kernel_ops(k.device)
+        if ops is not None:
+            return ops.philox_weighted_sum(k, rows, weights.float(), dim)
+        return philox_weighted_sum(k, rows, weights, dim)
 
     def perturb(self, k, rows, theta, sigma, antithetic, out):
-        """Write population members into ``out`` and return the (R, D) noise rows it drew.
+        """Members around θ for ``rows`` (see :func:`philox_perturb`): ``(members, eps | None)``.
 
-        Without antithetic sampling out[j] = θ + σ·ε[rows[j]]; with it, the pair
-        out[2j] = θ + σ·ε[rows[j]], out[2j + 1] = θ - σ·ε[rows[j]] shares one noise row.
+        ``out`` is filled when the reference runs; the kernel path returns fresh members and no
+        noise (the fused reduction regenerates it).
         """
-        eps = self.rows(k, rows, theta.numel())
-        if antithetic:
-            torch.add(theta, eps, alpha=sigma, out=out[0::2])
-            torch.sub(theta, eps, alpha=sigma, out=out[1::2])
-        else:
-            torch.add(theta, eps, alpha=sigma, out=out)
-        return eps
+        ops = _dispatch.kernel_ops(k.device)
+        if ops is not None and theta.dtype == torch.float32:
+            return ops.philox_perturb(k, rows, theta, float(sigma), bool(antithetic)), None
+        return philox_perturb(k, rows, theta, sigma, antithetic, out)
 
 
 class TableNoise(NamedTuple):
@@ -200,9 +252,12 @@ class TableNoise(NamedTuple):
         return torch.stack([t[o : o + dim] for o in offsets])
 
     def perturb(self, k, rows, theta, sigma, antithetic, out):
-        """As :meth:`PhiloxNoise.perturb`, one pass per member; returns None (slices are free)."""
+        """As :meth:`PhiloxNoise.perturb`, one pass per member; returns ``(out, None)``."""
         t = self.table.values
         offsets = table_offsets(k, rows, theta.numel(), t.numel()).tolist()
+        if out is None:
+            m = len(offsets) * (2 if antithetic else 1)
+            out = torch.empty(m, theta.numel(), dtype=theta.dtype, device=theta.device)
         for j, o in enumerate(offsets):
             eps = t[o : o + theta.numel()]
             if antithetic:
@@ -210,7 +265,7 @@ class TableNoise(NamedTuple):
                 torch.sub(theta, eps, alpha=sigma, out=out[2 * j + 1])
             else:
                 torch.add(theta, eps, alpha=sigma, out=out[j])
-        return None
+        return out, None
 
     def weighted_sum(
         self, k: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor, dim: int

@@ -1,0 +1,34 @@
+"""The one place that decides whether a Triton kernel or its PyTorch reference runs (DESIGN §5).
+
+Kernels run when the tensors are on CUDA, triton is importable, and the environment variable
+``FASTES_FORCE_REFERENCE`` is unset (or empty / "0"). Everything else — the CPU, a GPU without
+triton, a forced reference — runs the reference in :mod:`fastes.noise`. Triton is imported only
+here, and only once a CUDA tensor asks.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+
+def force_reference() -> bool:
+    """True when FASTES_FORCE_REFERENCE asks for the PyTorch reference everywhere."""
+    return os.environ.get("FASTES_FORCE_REFERENCE", "") not in ("", "0")
+
+
+@functools.cache
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def kernel_ops(device: torch.device):
+    """The kernel ops (``fastes.kernels.ops``) for ``device``, or None for the reference."""
+    if device.type != "cuda" or force_reference() or not _triton_importable():
+        return None
+    from fastes.kernels import ops
+
+    return ops
