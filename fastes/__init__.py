@@ -9,9 +9,11 @@ public pieces: keys (:mod:`fastes.prng`), counter-based noise (:mod:`fastes.nois
 Importing fastes does not import triton, initialise CUDA or change torch settings.
 """
 
-from . import evaluate, noise, optim, prng, shaping, tree
+from . import es_optimizer, evaluate, expectations, noise, optim, prng, shaping, tree
 from .es import FitnessStats, es_step, estimate_grad
+from .es_optimizer import ESOptimizer
 from .evaluate import evaluate_population, functional
+from .expectations import expectation
 from .noise import NoiseTable, noise_table
 from .prng import fold_in, key, split
 from .shaping import shape_fitness
@@ -20,12 +22,16 @@ from .tree import ravel
 __version__ = "0.1.0"
 
 __all__ = [
+    "ESOptimizer",
     "FitnessStats",
     "NoiseTable",
+    "es_optimizer",
     "es_step",
     "estimate_grad",
     "evaluate",
     "evaluate_population",
+    "expectation",
+    "expectations",
     "fold_in",
     "functional",
     "key",

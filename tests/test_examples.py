@@ -28,3 +28,23 @@ def test_digits_demo_reaches_90_percent_held_out_accuracy():
     pytest.importorskip("sklearn")
     acc = _load("01_digits_accuracy").main(["--no-progress"])
     assert acc >= 0.90
+
+
+def test_module_accuracy_example_trains_with_block_sampling():
+    # 300 steps of bottom-up blocks (about 3 s) measured 0.958 held-out accuracy (full 2000-step
+    # run: 0.964); 0.6 is far above the 10% of chance, and far below what a working run reaches.
+    pytest.importorskip("sklearn")
+    assert _load("05_module_accuracy").main(["--steps", "300"]) > 0.6
+
+
+def test_nes_expectation_example_finds_the_peak():
+    # The full demo (2000 steps, ~4 s): μ from 1 to the peak at 5; measured 5.0000.
+    assert abs(_load("06_nes_expectation").main([]) - 5.0) < 0.05
+
+
+def test_evolvability_example_moves_to_high_variance_and_entropy():
+    # Var[b] for b = 5 sin(0.2x) sin(20x) peaks near 25/2 where |sin(0.2μ)| = 1 (μ ≈ 7.85);
+    # starting at μ = 0.5, 300 steps measured Var 12.55 at μ = 7.63, and entropy 1.12 -> 2.35.
+    (mu_var, var), (mu_ent, ent) = _load("07_evolvability").main(["--steps", "300"])
+    assert var > 10.0 and abs(mu_var - 7.85) < 0.5
+    assert ent > 2.0
