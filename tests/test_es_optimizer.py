@@ -141,3 +141,21 @@ def test_bad_arguments():
         ESOptimizer(model, sgd, objective, groups={"g": ["nope"]}, **KW)
     with pytest.raises(ValueError, match="sigma must be a finite number > 0"):
         ESOptimizer(model, sgd, objective, population_size=8, sigma=0).step(X, Y)
+
+
+def test_user_groups_define_the_blocks():
+    model = _model()
+    groups = {"weights": ["0.weight", "2.weight"], "biases": ["0.bias", "2.bias"]}
+    es = ESOptimizer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        objective,
+        blocks="top_down",
+        groups=groups,
+        **KW,
+    )
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = es.step(X, Y)
+    assert result.block == "biases" and set(result.grad) == {"0.bias", "2.bias"}
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == {"0.bias", "2.bias"}
