@@ -9,7 +9,18 @@ public pieces: keys (:mod:`fastes.prng`), counter-based noise (:mod:`fastes.nois
 Importing fastes does not import triton, initialise CUDA or change torch settings.
 """
 
-from . import es_optimizer, evaluate, expectations, noise, optim, prng, shaping, tree
+from . import (
+    es_optimizer,
+    evaluate,
+    expectations,
+    noise,
+    optim,
+    prng,
+    schedules,
+    shaping,
+    strategies,
+    tree,
+)
 from .es import FitnessStats, es_step, estimate_grad
 from .es_optimizer import ESOptimizer
 from .evaluate import evaluate_population, functional
@@ -40,8 +51,10 @@ __all__ = [
     "optim",
     "prng",
     "ravel",
+    "schedules",
     "shape_fitness",
     "shaping",
     "split",
+    "strategies",
     "tree",
 ]

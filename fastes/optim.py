@@ -9,8 +9,9 @@ Every transformation here **ascends**: it takes the fitness gradient ĝ from
     updates, state = opt.update(grad, state, params)
     params = fastes.optim.apply_updates(params, updates)
 
-States are NamedTuples of tensors/pytrees, so they checkpoint with ``torch.save`` and pass through
-``torch.compile``. Hyperparameters are closed over.
+States are NamedTuples of tensors/pytrees, so they checkpoint with ``torch.save``. Hyperparameters
+are closed over; ``learning_rate`` may be a number or a schedule (``fastes.schedules``), evaluated
+at the state's step count.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "add_decayed_weights",
     "chain",
     "EmptyState",
+    "SgdState",
     "MomentumState",
     "AdamState",
     "ClipUpState",
@@ -50,8 +52,13 @@ class EmptyState(NamedTuple):
     """State of a stateless transformation."""
 
 
+class SgdState(NamedTuple):
+    count: torch.Tensor  # () int64, steps taken (for learning-rate schedules)
+
+
 class MomentumState(NamedTuple):
     velocity: Any  # pytree like params
+    count: torch.Tensor
 
 
 class AdamState(NamedTuple):
@@ -62,6 +69,18 @@ class AdamState(NamedTuple):
 
 class ClipUpState(NamedTuple):
     velocity: Any  # pytree like params
+    count: torch.Tensor
+
+
+def _count() -> torch.Tensor:
+    return torch.zeros((), dtype=torch.int64)
+
+
+def _lr_schedule(learning_rate) -> Callable[[int], float]:
+    if callable(learning_rate):
+        return learning_rate
+    lr = _check_rate(learning_rate, "learning_rate")
+    return lambda t: lr
 
 
 def _check_rate(value: float, name: str, *, low: float = 0.0, high: float = math.inf) -> float:
@@ -92,39 +111,41 @@ def _global_norm(tree: Any) -> torch.Tensor:
     return torch.sqrt(sum((leaf.float() ** 2).sum() for leaf in tree_leaves(tree)))
 
 
-def sgd(learning_rate: float) -> GradientTransformation:
+def sgd(learning_rate) -> GradientTransformation:
     """Plain gradient ascent: updates = learning_rate·ĝ."""
-    lr = _check_rate(learning_rate, "learning_rate")
+    schedule = _lr_schedule(learning_rate)
 
     def update(grad, state, params=None):
-        return tree_map(lambda g: lr * g, grad), state
+        lr = schedule(int(state.count))
+        return tree_map(lambda g: lr * g, grad), SgdState(state.count + 1)
 
-    return GradientTransformation(lambda params: EmptyState(), update)
+    return GradientTransformation(lambda params: SgdState(_count()), update)
 
 
-def momentum(learning_rate: float, beta: float = 0.9, nesterov: bool = False):
+def momentum(learning_rate, beta: float = 0.9, nesterov: bool = False):
     """Heavy-ball momentum: v ← β·v + ĝ; updates = lr·v (lr·(β·v + ĝ) with Nesterov)."""
-    lr = _check_rate(learning_rate, "learning_rate")
+    schedule = _lr_schedule(learning_rate)
     beta = _check_rate(beta, "beta", high=1.0)
 
     def init(params):
-        return MomentumState(_zeros_f32(params))
+        return MomentumState(_zeros_f32(params), _count())
 
     def update(grad, state, params=None):
+        lr = schedule(int(state.count))
         v = tree_map(lambda v, g: beta * v + g, state.velocity, grad)
         step = tree_map(lambda v, g: beta * v + g, v, grad) if nesterov else v
-        return tree_map(lambda s: lr * s, step), MomentumState(v)
+        return tree_map(lambda s: lr * s, step), MomentumState(v, state.count + 1)
 
     return GradientTransformation(init, update)
 
 
-def adam(learning_rate: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
+def adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
     """Adam (Kingma & Ba 2015, https://arxiv.org/abs/1412.6980), ascending.
 
     m ← b1·m + (1−b1)·ĝ; v ← b2·v + (1−b2)·ĝ²; updates = lr·m̂ / (√v̂ + eps) with the usual
     bias corrections m̂ = m / (1 − b1^t), v̂ = v / (1 − b2^t).
     """
-    lr = _check_rate(learning_rate, "learning_rate")
+    schedule = _lr_schedule(learning_rate)
     b1 = _check_rate(b1, "b1", high=1.0)
     b2 = _check_rate(b2, "b2", high=1.0)
     eps = _check_rate(eps, "eps")
@@ -136,6 +157,7 @@ def adam(learning_rate: float, b1: float = 0.9, b2: float = 0.999, eps: float = 
         count = state.count + 1
         mu = tree_map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grad)
         nu = tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, grad)
+        lr = schedule(int(state.count))
         c1 = 1 - b1 ** count.item()
         c2 = 1 - b2 ** count.item()
         updates = tree_map(lambda m, v: lr * (m / c1) / ((v / c2).sqrt() + eps), mu, nu)
@@ -144,27 +166,29 @@ def adam(learning_rate: float, b1: float = 0.9, b2: float = 0.999, eps: float = 
     return GradientTransformation(init, update)
 
 
-def clipup(learning_rate: float, max_speed: float | None = None, beta: float = 0.9):
+def clipup(learning_rate, max_speed: float | None = None, beta: float = 0.9):
     """ClipUp (Toklu et al. 2020, https://arxiv.org/abs/2008.02387), ascending.
 
     v ← β·v + lr·ĝ/‖ĝ‖; if ‖v‖ > max_speed then v ← max_speed·v/‖v‖; updates = v.
     The paper's rule of thumb ``max_speed = 2·learning_rate`` is the default.
     """
-    lr = _check_rate(learning_rate, "learning_rate")
-    max_speed = 2 * lr if max_speed is None else _check_rate(max_speed, "max_speed")
+    schedule = _lr_schedule(learning_rate)
+    speed = None if max_speed is None else _check_rate(max_speed, "max_speed")
     beta = _check_rate(beta, "beta", high=1.0)
 
     def init(params):
-        return ClipUpState(_zeros_f32(params))
+        return ClipUpState(_zeros_f32(params), _count())
 
     def update(grad, state, params=None):
+        lr = schedule(int(state.count))
+        max_speed = 2 * lr if speed is None else speed
         g_norm = _global_norm(grad)
         scale = lr / g_norm if float(g_norm) > 0 else 0.0
         v = tree_map(lambda v, g: beta * v + scale * g, state.velocity, grad)
         v_norm = float(_global_norm(v))
         if v_norm > max_speed:
             v = tree_map(lambda x: x * (max_speed / v_norm), v)
-        return v, ClipUpState(v)
+        return v, ClipUpState(v, state.count + 1)
 
     return GradientTransformation(init, update)
 

@@ -1,0 +1,114 @@
+"""Augmented Random Search (Mania, Guy & Recht 2018, https://arxiv.org/abs/1803.07055).
+
+Antithetic directions δ_j; rewards r⁺_j = F(θ + νδ_j), r⁻_j = F(θ − νδ_j). The b directions with
+the largest max(r⁺_j, r⁻_j) update the policy (V1-t when b < N, V1 when b = N):
+
+    θ ← θ + α / (b·σ_R) · Σ_{top b} (r⁺_j − r⁻_j)·δ_j,     σ_R = std of those 2b rewards.
+
+V2 adds observation normalisation: the state carries running mean / variance of the states the
+policy saw (:meth:`ARS.observe` feeds them, Welford-style and batched) and :meth:`ARS.normalize`
+applies them in the policy — the hook between this strategy and the user's rollouts.
+Rewards are used raw (no ranking); non-finite rewards follow fastes.shaping's "raw" policy.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ..es import _positive_int
+from ..schedules import resolve
+from ..shaping import shape_fitness
+from .base import Strategy
+
+
+class ARSState(NamedTuple):
+    mean: torch.Tensor  # (D,) policy parameters θ
+    obs_count: torch.Tensor  # () float64, states seen (V2)
+    obs_mean: torch.Tensor  # (obs_dim,) float64
+    obs_m2: torch.Tensor  # (obs_dim,) float64, sum of squared deviations
+    generation: torch.Tensor
+
+
+class ARS(Strategy):
+    name = "ars"
+    antithetic = True
+
+    def __init__(
+        self,
+        params,
+        population_size: int | None = None,
+        *,
+        sigma=0.03,
+        learning_rate=0.02,
+        top_directions: int | None = None,
+        obs_dim: int = 0,
+        **kwargs,
+    ):
+        super().__init__(params, population_size, **kwargs)
+        self.sigma = resolve(sigma, "sigma")
+        self.learning_rate = resolve(learning_rate, "learning_rate")
+        if self.sigma(0) <= 0:
+            raise ValueError(f"sigma must be > 0; got {self.sigma(0)}")
+        n_dirs = self.population_size // 2
+        b = n_dirs if top_directions is None else top_directions
+        _positive_int(b, "top_directions")
+        if b > n_dirs:
+            raise ValueError(f"top_directions must be <= population_size / 2 = {n_dirs}; got {b}")
+        self.top, self.obs_dim = b, int(obs_dim)
+
+    @staticmethod
+    def default_population(dim: int) -> int:
+        return 16
+
+    def init(self, params, key=None) -> ARSState:
+        mean = self.raveler.ravel(params).float()
+        z = torch.zeros(self.obs_dim, dtype=torch.float64)
+        gen = torch.zeros((), dtype=torch.int64)
+        return ARSState(mean, torch.zeros((), dtype=torch.float64), z, z.clone(), gen)
+
+    def _members(self, state, key, ids):
+        return state.mean + self.sigma(int(state.generation)) * self._z(key, ids)
+
+    def tell(self, state, key, fitness) -> ARSState:
+        fitness = self._check_fitness(fitness)
+        r, _ = shape_fitness(
+            fitness, "raw", objective_weights=self.objective_weights, minimize=self.minimize
+        )
+        r_plus, r_minus = r[0::2], r[1::2]
+        top = torch.argsort(torch.maximum(r_plus, r_minus), descending=True, stable=True)
+        top = top[: self.top]
+        sigma_r = torch.cat([r_plus[top], r_minus[top]]).std(unbiased=False)
+        t = int(state.generation)
+        step = torch.zeros(self.population_size, dtype=torch.float32, device=r.device)
+        if float(sigma_r) > 0:  # all selected rewards equal: no information, no step
+            coef = self.learning_rate(t) / (self.top * float(sigma_r))
+            step[2 * top] = coef * (r_plus[top] - r_minus[top]).float() / 2
+            step[2 * top + 1] = -step[2 * top]
+        # Σ_top (r⁺ − r⁻) δ_j via the antithetic fold of ±(r⁺ − r⁻)/2 weights.
+        mean = state.mean + self._z_weighted_sum(key, step)
+        return state._replace(mean=mean, generation=state.generation + 1)
+
+    # -- V2: observation normalisation hook -------------------------------------------------
+    def observe(self, state: ARSState, observations: torch.Tensor) -> ARSState:
+        """Fold a batch of observed states (N, obs_dim) into the running mean / variance."""
+        obs = torch.as_tensor(observations, dtype=torch.float64).reshape(-1, self.obs_dim)
+        n_b = obs.shape[0]
+        if n_b == 0:
+            return state
+        mean_b = obs.mean(0)
+        m2_b = ((obs - mean_b) ** 2).sum(0)
+        n = state.obs_count
+        total = n + n_b
+        delta = mean_b - state.obs_mean
+        mean = state.obs_mean + delta * n_b / total
+        m2 = state.obs_m2 + m2_b + delta**2 * n * n_b / total
+        return state._replace(obs_count=total, obs_mean=mean, obs_m2=m2)
+
+    def normalize(self, state: ARSState, observations: torch.Tensor) -> torch.Tensor:
+        """(obs − mean) / std with the running statistics (identity before any observation)."""
+        if float(state.obs_count) < 2:
+            return observations
+        std = (state.obs_m2 / state.obs_count).sqrt().clamp_min(1e-8)
+        return (observations - state.obs_mean.to(observations)) / std.to(observations)

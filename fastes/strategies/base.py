@@ -1,0 +1,181 @@
+"""The thin base every strategy stands on (evosax style: one strategy, one small file).
+
+A strategy is built from a params *template* (the pytree structure, like a hyperparameter) and
+its hyperparameters; its state is a NamedTuple of tensors, checkpointable with ``torch.save``::
+
+    strategy = fastes.strategies.make("snes", params, population_size=32)
+    state = strategy.init(params)
+    for t in range(100):
+        state, stats = strategy.step(state, fitness_fn, fastes.fold_in(key, t))
+    best_guess = strategy.params(state)
+
+``ask(state, key)`` returns the (P, D) flat members and ``tell(state, key, fitness)`` updates the
+state; both regenerate the members' standard-normal noise z_i from (key, i), so nothing of size
+P·D is kept between them. ``step`` evaluates chunk by chunk without materialising all members.
+Fitness is maximized (``minimize=True`` flips it); non-finite fitness follows fastes.shaping's
+policy: NaN ranks last and is counted, an all-NaN population raises.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from ..es import FitnessStats, _positive_int, resolve_noise
+from ..evaluate import MODES, evaluate_population
+from ..prng import check_key
+from ..shaping import shape_fitness
+from ..tree import raveler
+
+__all__ = ["Strategy"]
+
+
+class Strategy:
+    """Base class. Subclasses set ``name``, ``antithetic`` and implement ``init``,
+    ``_members``, ``tell`` and ``mean``."""
+
+    name = "base"
+    antithetic = False
+
+    def __init__(
+        self,
+        params: Any,
+        population_size: int | None = None,
+        *,
+        minimize: bool = False,
+        objective_weights: Sequence[float] | None = None,
+        mode: str = "vmap",
+        chunk_size: int | None = None,
+        noise: Any = "auto",
+    ) -> None:
+        self.raveler = raveler(params)
+        self.dim = self.raveler.dim
+        if population_size is None:
+            population_size = self.default_population(self.dim)
+        _positive_int(population_size, "population_size", 2)
+        if self.antithetic and population_size % 2:
+            raise ValueError(
+                f"population_size must be even for {self.name} (antithetic pairs); "
+                f"got {population_size}"
+            )
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+        if chunk_size is not None:
+            _positive_int(chunk_size, "chunk_size")
+        self.population_size = population_size
+        self.minimize, self.objective_weights = minimize, objective_weights
+        self.mode, self.chunk_size = mode, chunk_size
+        self.noise = resolve_noise(noise, self.dim, self.raveler.device)
+
+    # -- to implement -------------------------------------------------------------------------
+    def init(self, params: Any, key: torch.Tensor | None = None):
+        raise NotImplementedError
+
+    def _members(self, state, key: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Flat members (len(ids), D) for member indices ``ids``."""
+        raise NotImplementedError
+
+    def tell(self, state, key: torch.Tensor, fitness: torch.Tensor):
+        raise NotImplementedError
+
+    def mean(self, state) -> torch.Tensor:
+        """The current search center, flat (D,)."""
+        return state.mean
+
+    @staticmethod
+    def default_population(dim: int) -> int:
+        return 4 + int(3 * math.log(dim))  # Hansen's λ; strategies may override
+
+    def population(self, state) -> int:
+        """Members per generation in ``state`` (constant except for restart strategies)."""
+        return self.population_size
+
+    # -- provided -----------------------------------------------------------------------------
+    def params(self, state) -> Any:
+        """The search center as a params pytree (structure, shapes, dtypes of the template)."""
+        return self.raveler.unravel(self.mean(state).to(self.raveler.flat_dtype))
+
+    def ask(self, state, key: torch.Tensor) -> torch.Tensor:
+        """All (P, D) flat members for this generation's key."""
+        check_key(key)
+        return self._members(state, key, self._ids(0, self.population(state)))
+
+    def step(self, state, fitness_fn: Callable[..., Any], key: torch.Tensor, fitness_args=()):
+        """Ask, evaluate (chunked), tell: returns ``(new_state, FitnessStats)``."""
+        check_key(key)
+        if not callable(fitness_fn):
+            raise TypeError(f"fitness_fn must be callable; got {type(fitness_fn).__name__}")
+        P = self.population(state)
+        chunk = self.chunk_size or max(2, (6 * 2**20) // (4 * self.dim))
+        chunk += chunk % 2  # keep antithetic pairs together
+        parts = []
+        for m0 in range(0, P, chunk):
+            members = self._members(state, key, self._ids(m0, min(m0 + chunk, P)))
+            out = evaluate_population(
+                fitness_fn, members.to(self.raveler.flat_dtype), self.raveler, mode=self.mode,
+                fitness_args=tuple(fitness_args),
+            )  # fmt: skip
+            parts.append(out.detach())
+        fitness = torch.cat(parts)
+        new_state = self.tell(state, key, fitness)
+        return new_state, self._stats(fitness)
+
+    # -- helpers for subclasses ---------------------------------------------------------------
+    def _ids(self, start: int, stop: int) -> torch.Tensor:
+        return torch.arange(start, stop, device=self.raveler.device)
+
+    def _z(self, key: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Standard-normal z for member ids (m, D), float32; antithetic pairs share rows (±)."""
+        if not self.antithetic:
+            return self.noise.rows(key, ids, self.dim)
+        sign = (1 - 2 * (ids % 2)).to(torch.float32)[:, None]
+        return self.noise.rows(key, ids // 2, self.dim) * sign
+
+    def _z_weighted_sum(self, key: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Σ_i weights[i]·z_i (D,) float32, regenerating z (folded over antithetic pairs)."""
+        w = weights.to(torch.float32)
+        if self.antithetic:
+            w = w[0::2] - w[1::2]
+        return self.noise.weighted_sum(key, self._ids(0, w.numel()), w, self.dim)
+
+    def _z_sq_weighted_sum(self, key: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Σ_i weights[i]·z_i² (D,) float32, regenerating z chunk by chunk."""
+        w = weights.to(torch.float32)
+        if self.antithetic:
+            w = w[0::2] + w[1::2]  # z² is the same for both members of a pair
+        out = torch.zeros(self.dim, dtype=torch.float32, device=self.raveler.device)
+        step = max(1, (4 * 2**20) // (4 * self.dim))
+        for r0 in range(0, w.numel(), step):
+            rows = self._ids(r0, min(r0 + step, w.numel()))
+            out.addmv_(self.noise.rows(key, rows, self.dim).square_().T, w[rows])
+        return out
+
+    def _scores(self, fitness: torch.Tensor, method: str = "centered_ranks") -> torch.Tensor:
+        """Shaped fitness (P,): larger is better, NaN last; multi-objective combined."""
+        w, _ = shape_fitness(
+            fitness, method, objective_weights=self.objective_weights, minimize=self.minimize
+        )
+        return w
+
+    def _order(self, fitness: torch.Tensor) -> torch.Tensor:
+        """Member indices from best to worst (NaN last, ties by index)."""
+        return torch.argsort(self._scores(fitness), descending=True, stable=True)
+
+    def _check_fitness(self, fitness: torch.Tensor) -> torch.Tensor:
+        if not isinstance(fitness, torch.Tensor):
+            fitness = torch.as_tensor(fitness)
+        if fitness.dim() not in (1, 2) or fitness.shape[0] != self.population_size:
+            raise ValueError(
+                f"fitness must have shape ({self.population_size},) or "
+                f"({self.population_size}, K); got {tuple(fitness.shape)}"
+            )
+        return fitness
+
+    def _stats(self, fitness: torch.Tensor) -> FitnessStats:
+        w, s = shape_fitness(
+            fitness, objective_weights=self.objective_weights, minimize=self.minimize
+        )
+        return FitnessStats(fitness, w, s.nan_count, s.inf_count)

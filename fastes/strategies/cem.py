@@ -1,0 +1,74 @@
+"""Cross-entropy method (Rubinstein 1999; for policy search: Szita & Lőrincz 2006,
+https://doi.org/10.1162/neco.2006.18.12.2936), diagonal Gaussian.
+
+x_i = μ + σ ⊙ z_i; the ⌈ρλ⌉ best members (elites) refit the Gaussian:
+μ ← (1 − α)μ + α·mean(elites),  σ ← (1 − α)σ + α·(std(elites) + ε_t), where ε_t (``noise_floor``,
+a number or schedule) is the extra noise of Szita & Lőrincz that prevents premature collapse.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from ..es import _finite_float
+from ..schedules import resolve
+from .base import Strategy
+
+
+class CEMState(NamedTuple):
+    mean: torch.Tensor  # (D,)
+    sigma: torch.Tensor  # (D,)
+    generation: torch.Tensor
+
+
+class CEM(Strategy):
+    name = "cem"
+
+    def __init__(
+        self,
+        params,
+        population_size: int | None = None,
+        *,
+        sigma: float = 1.0,
+        elite_ratio: float = 0.2,
+        smoothing: float = 1.0,
+        noise_floor=0.0,
+        **kwargs,
+    ):
+        super().__init__(params, population_size, **kwargs)
+        self.sigma0 = _finite_float(sigma, "sigma", positive=True)
+        if not 0 < elite_ratio <= 1 or math.ceil(elite_ratio * self.population_size) < 2:
+            raise ValueError(
+                "elite_ratio must be in (0, 1] and keep at least 2 elites of population_size="
+                f"{self.population_size}; got {elite_ratio}"
+            )
+        if not 0 < smoothing <= 1:
+            raise ValueError(f"smoothing must be in (0, 1]; got {smoothing}")
+        self.n_elite = math.ceil(elite_ratio * self.population_size)
+        self.smoothing = smoothing
+        self.noise_floor = resolve(noise_floor, "noise_floor")
+
+    @staticmethod
+    def default_population(dim: int) -> int:
+        return max(20, 4 + int(3 * math.log(dim)) * 2)
+
+    def init(self, params, key=None) -> CEMState:
+        mean = self.raveler.ravel(params).float()
+        gen = torch.zeros((), dtype=torch.int64)
+        return CEMState(mean, torch.full_like(mean, self.sigma0), gen)
+
+    def _members(self, state, key, ids):
+        return state.mean + state.sigma * self._z(key, ids)
+
+    def tell(self, state, key, fitness) -> CEMState:
+        fitness = self._check_fitness(fitness)
+        elites = self._order(fitness)[: self.n_elite]
+        x = self._members(state, key, elites)  # (k, D), regenerated
+        a = self.smoothing
+        extra = self.noise_floor(int(state.generation))
+        mean = (1 - a) * state.mean + a * x.mean(0)
+        sigma = (1 - a) * state.sigma + a * (x.std(0, unbiased=False) + extra)
+        return CEMState(mean, sigma, state.generation + 1)

@@ -1,0 +1,149 @@
+"""CMA-ES with active (negative-weight) covariance update, and sep-CMA-ES (diagonal).
+
+Hansen, "The CMA Evolution Strategy: A Tutorial", 2016, https://arxiv.org/abs/1604.00772 —
+the default parameters of its Table 1, including negative recombination weights for C.
+sep-CMA-ES: Ros & Hansen 2008, "A simple modification in CMA-ES achieving linear time and space
+complexity", https://doi.org/10.1007/978-3-540-87700-4_30 — C diagonal, c_1 and c_μ scaled by
+(D + 2)/3, positive weights only.
+
+Samples y_k = B D z_k (z_k regenerated from the key), x_k = m + σ y_k. Internals are float64.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from ..es import _finite_float
+from .base import Strategy
+
+
+class CMAParams(NamedTuple):
+    weights: torch.Tensor  # (λ,) recombination weights, positive then negative
+    mu: int
+    mu_eff: float
+    c_sigma: float
+    d_sigma: float
+    c_c: float
+    c_1: float
+    c_mu: float
+    chi_n: float  # E‖N(0, I)‖
+
+
+def cma_parameters(n: int, lam: int, separable: bool = False) -> CMAParams:
+    """Default strategy parameters for dimension n and population λ (tutorial Table 1)."""
+    mu = lam // 2
+    w = torch.tensor(
+        [math.log((lam + 1) / 2) - math.log(i) for i in range(1, lam + 1)], dtype=torch.float64
+    )
+    pos, neg = w[:mu], w[mu:]
+    mu_eff = float(pos.sum() ** 2 / (pos**2).sum())
+    mu_eff_neg = float(neg.sum() ** 2 / (neg**2).sum()) if neg.numel() else 0.0
+    c_c = (4 + mu_eff / n) / (n + 4 + 2 * mu_eff / n)
+    c_sigma = (mu_eff + 2) / (n + mu_eff + 5)
+    c_1 = 2 / ((n + 1.3) ** 2 + mu_eff)
+    c_mu = min(1 - c_1, 2 * (0.25 + mu_eff + 1 / mu_eff - 2) / ((n + 2) ** 2 + mu_eff))
+    if separable:
+        c_1, c_mu = c_1 * (n + 2) / 3, min(1 - c_1 * (n + 2) / 3, c_mu * (n + 2) / 3)
+    d_sigma = 1 + 2 * max(0.0, math.sqrt((mu_eff - 1) / (n + 1)) - 1) + c_sigma
+    weights = torch.zeros(lam, dtype=torch.float64)
+    weights[:mu] = pos / pos.sum()
+    if not separable and neg.numel() and c_mu > 0:
+        alpha_mu = 1 + c_1 / c_mu
+        alpha_mu_eff = 1 + 2 * mu_eff_neg / (mu_eff + 2)
+        alpha_posdef = (1 - c_1 - c_mu) / (n * c_mu)
+        weights[mu:] = neg * min(alpha_mu, alpha_mu_eff, alpha_posdef) / neg.abs().sum()
+    chi_n = math.sqrt(n) * (1 - 1 / (4 * n) + 1 / (21 * n * n))
+    return CMAParams(weights, mu, mu_eff, c_sigma, d_sigma, c_c, c_1, c_mu, chi_n)
+
+
+class CMAState(NamedTuple):
+    mean: torch.Tensor  # (D,) float64
+    sigma: torch.Tensor  # () float64
+    C: torch.Tensor  # (D, D) covariance, or (D,) diagonal for sep-CMA-ES
+    B: torch.Tensor  # (D, D) eigenvectors of C (unused, (0,) for sep-CMA-ES)
+    D: torch.Tensor  # (D,) sqrt of C's eigenvalues
+    p_sigma: torch.Tensor  # (D,)
+    p_c: torch.Tensor  # (D,)
+    generation: torch.Tensor
+
+
+class CMAES(Strategy):
+    name = "cma_es"
+    separable = False
+
+    def __init__(self, params, population_size: int | None = None, *, sigma: float = 1.0, **kwargs):
+        super().__init__(params, population_size, **kwargs)
+        if not self.separable and self.dim > 2000:
+            raise ValueError(
+                f"cma_es keeps a D x D covariance and is for D <= 2000; got D={self.dim}. "
+                "Use 'sep_cma_es'"
+            )
+        self.sigma0 = _finite_float(sigma, "sigma", positive=True)
+        self.p = cma_parameters(self.dim, self.population_size, self.separable)
+
+    def init(self, params, key=None) -> CMAState:
+        mean = self.raveler.ravel(params).double()
+        n, dev = self.dim, mean.device
+        zeros = torch.zeros(n, dtype=torch.float64, device=dev)
+        if self.separable:
+            C, B = torch.ones(n, dtype=torch.float64, device=dev), zeros.new_zeros(0)
+        else:
+            C = B = torch.eye(n, dtype=torch.float64, device=dev)
+        sigma = torch.tensor(self.sigma0, dtype=torch.float64)
+        gen = torch.zeros((), dtype=torch.int64)
+        return CMAState(mean, sigma, C, B, torch.ones_like(zeros), zeros, zeros.clone(), gen)
+
+    def _y(self, state, z):
+        """y = B D z (row-wise) for z (m, D) float64."""
+        return z * state.D if self.separable else (z * state.D) @ state.B.T
+
+    def _members(self, state, key, ids):
+        z = self._z(key, ids).double()
+        return (state.mean + state.sigma * self._y(state, z)).float()
+
+    def tell(self, state, key, fitness) -> CMAState:
+        fitness = self._check_fitness(fitness)
+        p, n = self.p, self.dim
+        order = self._order(fitness)  # best first
+        z = self._z(key, order).double()  # (λ, D), sorted
+        y = self._y(state, z)
+        w = p.weights.to(z.device)
+        wpos = w[: p.mu]
+        y_w = wpos @ y[: p.mu]
+        mean = state.mean + state.sigma * y_w
+        # C^{-1/2} y_w = B z_w: the z's are already in the C^{-1/2} frame.
+        z_w = wpos @ z[: p.mu]
+        cz_w = z_w if self.separable else state.B @ z_w
+        p_sigma = (1 - p.c_sigma) * state.p_sigma + math.sqrt(
+            p.c_sigma * (2 - p.c_sigma) * p.mu_eff
+        ) * cz_w
+        ps_norm = float(p_sigma.norm())
+        sigma = state.sigma * math.exp((p.c_sigma / p.d_sigma) * (ps_norm / p.chi_n - 1))
+        g = int(state.generation) + 1
+        h_sigma = (
+            ps_norm / math.sqrt(1 - (1 - p.c_sigma) ** (2 * g)) < (1.4 + 2 / (n + 1)) * p.chi_n
+        )
+        p_c = (1 - p.c_c) * state.p_c + h_sigma * math.sqrt(p.c_c * (2 - p.c_c) * p.mu_eff) * y_w
+        delta_h = (1 - h_sigma) * p.c_c * (2 - p.c_c)
+        # Negative weights are rescaled by D / ‖C^{-1/2} y‖² = D / ‖z‖² (tutorial eq. 46).
+        w_circ = torch.where(w >= 0, w, w * n / (z**2).sum(1).clamp_min(1e-300))
+        decay = 1 + p.c_1 * delta_h - p.c_1 - p.c_mu * float(w.sum())
+        if self.separable:
+            C = decay * state.C + p.c_1 * p_c**2 + p.c_mu * (w_circ @ y**2)
+            C = C.clamp_min(1e-300)
+            B, D = state.B, C.sqrt()
+        else:
+            rank_mu = (y * w_circ[:, None]).T @ y
+            C = decay * state.C + p.c_1 * torch.outer(p_c, p_c) + p.c_mu * rank_mu
+            C = (C + C.T) / 2
+            evals, B = torch.linalg.eigh(C)
+            D = evals.clamp_min(1e-300).sqrt()
+        return CMAState(mean, sigma, C, B, D, p_sigma, p_c, state.generation + 1)
+
+
+class SepCMAES(CMAES):
+    name = "sep_cma_es"
+    separable = True
