@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
-import platform
 import statistics
-import subprocess
-import tempfile
+import sys
 import time
 
 import torch
 
 import fastes
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import environment, write_json  # noqa: E402
 
 
 def timer(device, fn, reps):
@@ -128,26 +128,6 @@ def run(device, pops, dims, reps, fill_bytes):
     return res
 
 
-def environment(device):
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__,
-        "triton": triton_version,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "interpreter": os.environ.get("TRITON_INTERPRET") == "1",
-        "git_sha": sha.strip(),
-        "date": time.strftime("%Y-%m-%d"),
-    }
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, any device (CI check)")
@@ -164,10 +144,7 @@ def main(argv=None):
         pops, dims, reps, fill = [256, 1024, 4096], [10**5, 10**6, 10**7], a.reps, a.fill_bytes
     res = {"env": environment(device), **run(device, pops, dims, reps, fill)}
     if a.out:
-        d = os.path.dirname(os.path.abspath(a.out))
-        with tempfile.NamedTemporaryFile("w", dir=d, delete=False, suffix=".tmp") as fh:
-            json.dump(res, fh, indent=2)
-        os.replace(fh.name, a.out)
+        write_json(a.out, res)
     return res
 
 

@@ -18,10 +18,8 @@ generation included for fastes), relative to its RSS just before the generation.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,6 +28,10 @@ import time
 import torch
 
 import fastes
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import environment, write_json  # noqa: E402
+
 from fastes.shaping import centered_ranks
 
 SIGMA, LR = 0.02, 0.01
@@ -107,30 +109,6 @@ print(vm("VmHWM") - before)
     return int(out.stdout.strip().splitlines()[-1])
 
 
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment():
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    return {
-        "device": "cpu",
-        "cpu": cpu_name(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "git_sha": sha.strip(),
-        "date": time.strftime("%Y-%m-%d"),
-    }
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dim", type=int, default=100_000)
@@ -163,12 +141,7 @@ def main():
             res["memory"][impl] = {"D": a.mem_dim, "P": a.mem_pop, "peak_bytes": peak}
             print(f"{impl:10s} {peak / 2**20:9.0f}")
     if a.out:
-        import tempfile
-
-        d = os.path.dirname(os.path.abspath(a.out))
-        with tempfile.NamedTemporaryFile("w", dir=d, delete=False, suffix=".tmp") as fh:
-            json.dump(res, fh, indent=2)
-        os.replace(fh.name, a.out)
+        write_json(a.out, res)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 import torch
@@ -26,7 +24,7 @@ import fastes
 from fastes.shaping import shape_fitness
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from es_generation import environment  # noqa: E402
+from _common import environment, write_json  # noqa: E402
 
 
 def objective(net, x, y):
@@ -92,10 +90,7 @@ def main(argv=None):
     )
     if a.out:
         res = {"env": environment(), "D": D, "P": a.population, **med, "ratio": ratio}
-        d = os.path.dirname(os.path.abspath(a.out))
-        with tempfile.NamedTemporaryFile("w", dir=d, delete=False, suffix=".tmp") as fh:
-            json.dump(res, fh, indent=2)
-        os.replace(fh.name, a.out)
+        write_json(a.out, res)
 
 
 if __name__ == "__main__":

@@ -201,6 +201,27 @@ def _check_args(
     return sigma
 
 
+def _validated_estimate(
+    params, fitness_fn, key, population_size, sigma, antithetic, shaping, objective_weights,
+    minimize, mode, chunk_size, noise, fitness_args, memory_budget,
+):  # fmt: skip
+    """Validate, ravel and estimate: ``(θ flat, raveler, ĝ flat, FitnessStats)``."""
+    sigma = _check_args(
+        fitness_fn, key, population_size, sigma, antithetic, shaping, mode, chunk_size,
+        memory_budget,
+    )  # fmt: skip
+    rav = raveler(params)
+    theta = rav.ravel(params)
+    g, stats = _flat_estimate(
+        theta, rav, fitness_fn, key,
+        population_size=population_size, sigma=sigma, antithetic=antithetic, shaping=shaping,
+        objective_weights=objective_weights, minimize=minimize, mode=mode,
+        chunk_size=chunk_size, noise=noise, fitness_args=tuple(fitness_args),
+        memory_budget=memory_budget,
+    )  # fmt: skip
+    return theta, rav, g, stats
+
+
 def estimate_grad(
     params: Any,
     fitness_fn: Callable[..., Any],
@@ -247,17 +268,9 @@ def estimate_grad(
         >>> grad, stats = estimate_grad(params, lambda p: -(p["x"] ** 2).sum(), fastes.key(0),
         ...                             population_size=64, sigma=0.1)
     """
-    sigma = _check_args(
-        fitness_fn, key, population_size, sigma, antithetic, shaping, mode, chunk_size,
-        memory_budget,
-    )  # fmt: skip
-    rav = raveler(params)
-    g, stats = _flat_estimate(
-        rav.ravel(params), rav, fitness_fn, key,
-        population_size=population_size, sigma=sigma, antithetic=antithetic, shaping=shaping,
-        objective_weights=objective_weights, minimize=minimize, mode=mode,
-        chunk_size=chunk_size, noise=noise, fitness_args=tuple(fitness_args),
-        memory_budget=memory_budget,
+    _, rav, g, stats = _validated_estimate(
+        params, fitness_fn, key, population_size, sigma, antithetic, shaping,
+        objective_weights, minimize, mode, chunk_size, noise, fitness_args, memory_budget,
     )  # fmt: skip
     return rav.unravel(g), stats
 
@@ -301,20 +314,11 @@ def es_step(
         ...                      population_size=64, sigma=0.05, learning_rate=0.1)
         >>> model.load_state_dict(params, strict=False)
     """
-    sigma = _check_args(
-        fitness_fn, key, population_size, sigma, antithetic, shaping, mode, chunk_size,
-        memory_budget,
-    )  # fmt: skip
     learning_rate = _finite_float(learning_rate, "learning_rate")
     weight_decay = _finite_float(weight_decay, "weight_decay")
-    rav = raveler(params)
-    theta = rav.ravel(params)
-    g, stats = _flat_estimate(
-        theta, rav, fitness_fn, key,
-        population_size=population_size, sigma=sigma, antithetic=antithetic, shaping=shaping,
-        objective_weights=objective_weights, minimize=minimize, mode=mode,
-        chunk_size=chunk_size, noise=noise, fitness_args=tuple(fitness_args),
-        memory_budget=memory_budget,
+    theta, rav, g, stats = _validated_estimate(
+        params, fitness_fn, key, population_size, sigma, antithetic, shaping,
+        objective_weights, minimize, mode, chunk_size, noise, fitness_args, memory_budget,
     )  # fmt: skip
     if weight_decay:
         g = g.sub_(theta, alpha=weight_decay)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fastes
-from fastes.strategies import REGISTRY, make
+from fastes.strategies import REGISTRY, TEST_FUNCTION_SETTINGS, make
 
 
 def sphere(x):
@@ -131,17 +131,7 @@ def test_unknown_strategy():
 # (worst of seeds 0-2, see the closing note of the strategies issue), with margin:
 # sphere D=100 from x=3 (f=900) in 1000 generations; Rosenbrock D=10 from 0 (f=9) in 1500;
 # Rastrigin D=10 from x=3 (f=90) in 1000 for the adaptive-covariance family.
-CFG = {
-    "openai_es": dict(sigma=0.02, learning_rate=0.02, population_size=64),
-    "pgpe": dict(sigma=0.3, center_learning_rate=0.03, population_size=64),
-    "snes": dict(sigma=1.0),
-    "xnes": dict(sigma=1.0),
-    "cma_es": dict(sigma=1.0),
-    "sep_cma_es": dict(sigma=1.0),
-    "ipop_cma_es": dict(sigma=2.0),
-    "cem": dict(sigma=1.0, population_size=100, noise_floor=0.01),
-    "ars": dict(sigma=0.02, learning_rate=0.02, population_size=64),
-}
+CFG = TEST_FUNCTION_SETTINGS
 CASES = [
     # name, problem, D, x0, generations, threshold (measured worst of 3 seeds)
     ("openai_es", sphere, 100, 3.0, 1000, 0.1),  # 0.034

@@ -35,7 +35,27 @@ REGISTRY: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (OpenES, PGPE, SNES, XNES, CMAES, SepCMAES, IPOP, CEM, ARS)
 }
 
-__all__ = ["REGISTRY", "Strategy", "make", *(c.__name__ for c in REGISTRY.values())]
+# Settings that solve the classic test functions (sphere, Rosenbrock, Rastrigin; coordinates of
+# order 1-3) in the convergence tests and benchmarks/strategies.py: a starting point, not a law.
+TEST_FUNCTION_SETTINGS: dict[str, dict[str, Any]] = {
+    "openai_es": dict(sigma=0.02, learning_rate=0.02, population_size=64),
+    "pgpe": dict(sigma=0.3, center_learning_rate=0.03, population_size=64),
+    "snes": dict(sigma=1.0),
+    "xnes": dict(sigma=1.0),
+    "cma_es": dict(sigma=1.0),
+    "sep_cma_es": dict(sigma=1.0),
+    "ipop_cma_es": dict(sigma=2.0),
+    "cem": dict(sigma=1.0, population_size=100, noise_floor=0.01),
+    "ars": dict(sigma=0.02, learning_rate=0.02, population_size=64),
+}
+
+__all__ = [
+    "REGISTRY",
+    "Strategy",
+    "TEST_FUNCTION_SETTINGS",
+    "make",
+    *(c.__name__ for c in REGISTRY.values()),
+]
 
 
 def make(name: str, params: Any, **kwargs: Any) -> Strategy:
