@@ -234,3 +234,13 @@ def test_cma_es_matches_pycma_evaluations_on_sphere_and_ellipsoid():
                     break
             theirs.append(es.countevals)
         assert sorted(ours)[1] <= 1.5 * sorted(theirs)[1], (fname, ours, theirs)
+
+
+@pytest.mark.parametrize("name", ["snes", "xnes"])
+def test_mean_learning_rate_schedule(name):
+    from fastes import schedules
+
+    p0 = {"x": torch.full((4,), 1.0)}
+    s = make(name, p0, mean_learning_rate=schedules.constant(0.0), minimize=True, population_size=8)
+    st, _ = s.step(s.init(p0), lambda p: sphere(p["x"]), fastes.key(0))
+    assert torch.equal(s.mean(st).float(), p0["x"])  # lr 0: the mean stays, σ still adapts

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 
 from ..es import _finite_float
+from ..schedules import resolve
 from .base import Strategy
 
 
@@ -36,13 +37,13 @@ class SNES(Strategy):
         population_size: int | None = None,
         *,
         sigma: float = 1.0,
-        mean_learning_rate: float = 1.0,
+        mean_learning_rate=1.0,
         sigma_learning_rate: float | None = None,
         **kwargs,
     ):
         super().__init__(params, population_size, **kwargs)
         self.sigma0 = _finite_float(sigma, "sigma", positive=True)
-        self.eta_mu = _finite_float(mean_learning_rate, "mean_learning_rate")
+        self.eta_mu = resolve(mean_learning_rate, "mean_learning_rate")  # number or schedule
         default_eta = (3 + math.log(self.dim)) / (5 * math.sqrt(self.dim))
         self.eta_sigma = _finite_float(
             default_eta if sigma_learning_rate is None else sigma_learning_rate,
@@ -62,6 +63,6 @@ class SNES(Strategy):
         u = self._scores(fitness, "nes")
         grad_mu = self._z_weighted_sum(key, u)
         grad_sigma = self._z_sq_weighted_sum(key, u) - u.sum()
-        mean = state.mean + self.eta_mu * state.sigma * grad_mu
+        mean = state.mean + self.eta_mu(int(state.generation)) * state.sigma * grad_mu
         sigma = state.sigma * torch.exp(0.5 * self.eta_sigma * grad_sigma)
         return SNESState(mean, sigma, state.generation + 1)

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 
 from ..es import _finite_float
+from ..schedules import resolve
 from .base import Strategy
 
 MAX_DIM = 1000
@@ -39,7 +40,7 @@ class XNES(Strategy):
         population_size: int | None = None,
         *,
         sigma: float = 1.0,
-        mean_learning_rate: float = 1.0,
+        mean_learning_rate=1.0,
         sigma_learning_rate: float | None = None,
         **kwargs,
     ):
@@ -50,7 +51,7 @@ class XNES(Strategy):
                 "Use 'snes' or 'sep_cma_es'"
             )
         self.sigma0 = _finite_float(sigma, "sigma", positive=True)
-        self.eta_mu = _finite_float(mean_learning_rate, "mean_learning_rate")
+        self.eta_mu = resolve(mean_learning_rate, "mean_learning_rate")  # number or schedule
         d = self.dim
         default_eta = 3 * (3 + math.log(d)) / (5 * d * math.sqrt(d))
         self.eta_sigma = _finite_float(
@@ -77,7 +78,7 @@ class XNES(Strategy):
         g_m = (z * u[:, None]).T @ z - u.sum() * eye
         g_sigma = torch.trace(g_m) / self.dim
         g_b = g_m - g_sigma * eye
-        mean = state.mean + self.eta_mu * state.sigma * (state.B @ g_delta)
+        mean = state.mean + self.eta_mu(int(state.generation)) * state.sigma * (state.B @ g_delta)
         sigma = state.sigma * torch.exp(0.5 * self.eta_sigma * g_sigma)
         B = state.B @ torch.linalg.matrix_exp(0.5 * self.eta_sigma * g_b)
         return XNESState(mean, sigma, B, state.generation + 1)
