@@ -1,0 +1,410 @@
+"""fastes vs evosax, EvoTorch and EvoX on the same ES problems, in one run.
+
+Every library runs the same OpenAI-ES generation — antithetic sampling, centered ranks, plain SGD,
+fixed σ — configured as its own documentation recommends for speed:
+
+* evosax (JAX): ``Open_ES`` with ``optax.sgd``, ``ask`` / ``tell`` under ``jax.jit``, fitness
+  evaluated inside one jitted function.
+* EvoTorch: it has no OpenAI-ES class; its PGPE with ``stdev_learning_rate=0``,
+  ``optimizer="sgd"``, ``ranking_method="centered"``, ``symmetric=True`` is that algorithm, on a
+  ``vectorized=True`` Problem. Its centre gradient is σ² times OpenAI-ES's (it uses ε = σz, not
+  z/σ), so ``center_learning_rate = lr / σ²`` gives the identical update.
+* EvoX (PyTorch): ``OpenES`` in a ``StdWorkflow``. Its OpenES uses raw fitness, so the EvoX
+  problem returns the centered ranks of the fitness — the same update as the others.
+
+Problems (all minimized by the peers, maximized as −f by fastes):
+1. sphere and Rastrigin at (D, P) in {(1e3, 256), (1e5, 256), (1e6, 1024)}: median ms per
+   generation (alternating repetitions across libraries, after a warm-up that includes JIT
+   compilation) and peak RSS growth of one generation (a fresh process per library, VmHWM reset
+   after set-up and one warm-up generation);
+2. neuroevolution: MLP 64-64-64-10 (tanh) on digits, P = 1024, fitness = accuracy on a 256-sample
+   minibatch: generations per second;
+3. the fitness of the centre after a fixed number of generations of each problem.
+
+    pip install -e ".[peers]"
+    python benchmarks/peers/compare.py --out benchmarks/results/peers_cpu.json
+    python benchmarks/peers/compare.py --quick         # small sizes, whatever is installed
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from _common import environment, write_json  # noqa: E402
+
+SIGMA, LR = 0.02, 0.01
+
+
+def sphere_t(x):
+    return (x * x).sum(-1)
+
+
+def rastrigin_t(x):
+    return 10 * x.shape[-1] + (x * x - 10 * torch.cos(2 * math.pi * x)).sum(-1)
+
+
+TORCH_PROBLEMS = {"sphere": sphere_t, "rastrigin": rastrigin_t}
+
+
+def centered_ranks_t(f):
+    ranks = torch.argsort(torch.argsort(f)).to(f.dtype)
+    return ranks / (f.numel() - 1) - 0.5
+
+
+# -- runners: setup(problem, D, P, x0) then step(); center() returns the mean as a torch tensor --
+
+
+def _start(x0, D):
+    return x0.clone().float() if isinstance(x0, torch.Tensor) else torch.full((D,), float(x0))
+
+
+class FastesRunner:
+    name = "fastes"
+
+    def __init__(self, problem, D, P, x0, fitness=None, args=()):
+        import fastes
+
+        self.fastes, self.P = fastes, P
+        self.theta = _start(x0, D)
+        f = fitness or TORCH_PROBLEMS[problem]
+        self.fit = lambda x, *a: -f(x, *a)  # fastes maximizes
+        self.key, self.t, self.args = fastes.key(0), 0, args
+
+    def step(self):
+        self.theta = self.fastes.es_step(
+            self.theta, self.fit, self.fastes.fold_in(self.key, self.t), population_size=self.P,
+            sigma=SIGMA, learning_rate=LR, fitness_args=self.args,
+        )  # fmt: skip
+        self.t += 1
+
+    def center(self):
+        return self.theta
+
+
+class EvosaxRunner:
+    name = "evosax"
+
+    def __init__(self, problem, D, P, x0, fitness=None, args=()):
+        import jax
+        import jax.numpy as jnp
+        import optax
+        from evosax.algorithms import Open_ES
+
+        jax.config.update("jax_platforms", "cpu")
+        es = Open_ES(
+            population_size=P, solution=jnp.zeros(D), use_antithetic_sampling=True,
+            optimizer=optax.sgd(LR), std_schedule=optax.constant_schedule(SIGMA),
+        )  # fmt: skip
+        self.params = es.default_params
+        self.state = es.init(jax.random.key(0), jnp.asarray(_start(x0, D).numpy()), self.params)
+        if fitness is None:
+            fitness = {
+                "sphere": lambda x: (x * x).sum(-1),
+                "rastrigin": lambda x: (
+                    10 * x.shape[-1] + (x * x - 10 * jnp.cos(2 * jnp.pi * x)).sum(-1)
+                ),
+            }[problem]
+        self.args = args
+
+        def generation(key, state, params, *args):
+            k1, k2 = jax.random.split(key)
+            pop, state = es.ask(k1, state, params)
+            state, _ = es.tell(k2, pop, fitness(pop, *args), state, params)
+            return state
+
+        self.generation = jax.jit(generation)
+        self.key, self.jax = jax.random.key(0), jax
+
+    def step(self):
+        self.key, k = self.jax.random.split(self.key)
+        self.state = self.generation(k, self.state, self.params, *self.args)
+        self.state.mean.block_until_ready()
+
+    def center(self):
+        import numpy as np
+
+        return torch.from_numpy(np.asarray(self.state.mean))
+
+
+class EvoTorchRunner:
+    name = "evotorch"
+
+    def __init__(self, problem, D, P, x0, fitness=None, args=()):
+        import logging
+
+        from evotorch import Problem
+        from evotorch.algorithms import PGPE
+
+        logging.getLogger("evotorch").setLevel(logging.WARNING)
+        f = fitness or TORCH_PROBLEMS[problem]
+        self.args = args
+        self.problem = Problem(
+            "min", lambda x: f(x, *self.args), solution_length=D, initial_bounds=(-1, 1),
+            vectorized=True,
+        )  # fmt: skip
+        self.searcher = PGPE(
+            self.problem, popsize=P, center_learning_rate=LR / SIGMA**2, stdev_learning_rate=0.0,
+            stdev_init=SIGMA, optimizer="sgd", ranking_method="centered", symmetric=True,
+            center_init=_start(x0, D),
+        )  # fmt: skip
+
+    def step(self):
+        self.searcher.step()
+
+    def center(self):
+        return self.searcher.status["center"].detach().clone()
+
+
+class EvoXRunner:
+    name = "evox"
+
+    def __init__(self, problem, D, P, x0, fitness=None, args=()):
+        from evox.algorithms import OpenES
+        from evox.core import Problem
+        from evox.workflows import StdWorkflow
+
+        f = fitness or TORCH_PROBLEMS[problem]
+        runner = self
+
+        class Ranked(Problem):
+            def evaluate(self, pop):
+                return centered_ranks_t(f(pop, *runner.args))
+
+        self.args = args
+        self.algo = OpenES(
+            pop_size=P, center_init=_start(x0, D), learning_rate=LR, noise_stdev=SIGMA,
+            mirrored_sampling=True,
+        )  # fmt: skip
+        self.wf = StdWorkflow(self.algo, Ranked())
+        self.wf.init_step()
+
+    def step(self):
+        self.wf.step()
+
+    def center(self):
+        return self.algo.center.detach().clone()
+
+
+RUNNERS = {r.name: r for r in (FastesRunner, EvosaxRunner, EvoTorchRunner, EvoXRunner)}
+MODULES = {"fastes": "fastes", "evosax": "evosax", "evotorch": "evotorch", "evox": "evox"}
+
+
+def available():
+    return [n for n in RUNNERS if importlib.util.find_spec(MODULES[n]) is not None]
+
+
+def versions(libs):
+    """Installed distribution versions (evosax and evox have no ``__version__``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for n in libs:
+        try:
+            out[n] = version(n)
+        except PackageNotFoundError:
+            out[n] = getattr(__import__(MODULES[n]), "__version__", "unknown")
+    if "evosax" in libs:
+        out["jax"] = version("jax")
+    return out
+
+
+# Above this many population elements the peers' (P, D) matrices (several GB each, with
+# temporaries) do not fit in memory side by side: libraries then run one after another.
+ALTERNATE_MAX_ELEMENTS = 5 * 10**7
+
+
+def _measure(runners, reps):
+    """Warm up every runner, then time ``reps`` generations each, alternating runners."""
+    for r in runners.values():
+        for _ in range(2):  # warm-up: evosax's jit compiles twice (initial, told state)
+            r.step()
+    times = {n: [] for n in runners}
+    for _ in range(reps):
+        for n, r in runners.items():
+            t0 = time.perf_counter()
+            r.step()
+            times[n].append(time.perf_counter() - t0)
+    return times
+
+
+def time_problems(libs, configs, reps, final_gens, out=None, res=None):
+    rows = []
+    for problem in ("sphere", "rastrigin"):
+        for D, P in configs:
+            alternate = D * P <= ALTERNATE_MAX_ELEMENTS
+            groups = [libs] if alternate else [[n] for n in libs]
+            for group in groups:
+                runners = {n: RUNNERS[n](problem, D, P, 0.5) for n in group}
+                times = _measure(runners, reps)
+                for n, r in runners.items():
+                    for _ in range(max(0, final_gens(D) - reps - 2)):
+                        r.step()
+                    final = float(TORCH_PROBLEMS[problem](r.center().double()))
+                    ms = statistics.median(times[n]) * 1e3
+                    gens = max(final_gens(D), reps + 2)
+                    rows.append({"problem": problem, "D": D, "P": P, "library": n,
+                                 "ms_per_generation": ms, "generations": gens,
+                                 "final_fitness": final, "alternating": alternate})  # fmt: skip
+                    print(f"{problem:9s} D={D:>9,} P={P:5d} {n:9s} {ms:10.1f} ms"
+                          f"   f(centre) after {gens} gens {final:.6g}", flush=True)  # fmt: skip
+                del runners
+            if out:  # partial results survive a later crash
+                write_json(out, {**res, "time": rows})
+    return rows
+
+
+def peak_memory(lib, problem, D, P):
+    """Peak RSS growth (bytes) of one generation in a fresh process (after one warm-up)."""
+    code = f"""
+import sys
+sys.path.insert(0, {HERE!r})
+import compare
+def vm(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+r = compare.RUNNERS[{lib!r}]({problem!r}, {D}, {P}, 0.5)
+r.step()
+r.step()
+open("/proc/self/clear_refs", "w").write("5")
+before = vm("VmRSS")
+r.step()
+print(vm("VmHWM") - before)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode:
+        return None, out.stderr.strip().splitlines()[-1] if out.stderr else "failed"
+    return int(out.stdout.strip().splitlines()[-1]), None
+
+
+# -- neuroevolution: MLP 64-64-64-10 tanh on digits, fitness = minibatch accuracy ---------------
+
+LAYERS = [(64, 64), (64, 64), (64, 10)]
+D_MLP = sum(i * o + o for i, o in LAYERS)
+
+
+def mlp_accuracy_t(pop, x, y):
+    """pop (P, D) flat MLPs -> accuracy (P,) on (x, y); batched torch (EvoTorch, EvoX, fastes)."""
+    squeeze = pop.dim() == 1
+    pop = pop[None] if squeeze else pop
+    h, o = x[None].expand(pop.shape[0], -1, -1), 0
+    for k, (i, out) in enumerate(LAYERS):
+        w = pop[:, o : o + i * out].reshape(-1, i, out)
+        b = pop[:, o + i * out : o + i * out + out]
+        o += i * out + out
+        h = torch.baddbmm(b[:, None, :], h, w)
+        if k < len(LAYERS) - 1:
+            h = torch.tanh(h)
+    acc = (h.argmax(-1) == y).float().mean(-1)
+    return acc[0] if squeeze else acc
+
+
+def neuro(libs, P, gens, batch):
+    from sklearn.datasets import load_digits
+
+    X, Y = load_digits(return_X_y=True)
+    X = torch.tensor(X / 16.0, dtype=torch.float32)
+    Y = torch.tensor(Y)
+    results = {}
+    for n in libs:
+        fit = lambda pop, x, y: -mlp_accuracy_t(pop, x, y)  # minimized by the peers
+        if n == "evosax":
+            import jax.numpy as jnp
+
+            def fit(pop, x, y):
+                h, o = x[None], 0
+                for k, (i, out) in enumerate(LAYERS):
+                    w = pop[:, o : o + i * out].reshape(-1, i, out)
+                    b = pop[:, o + i * out : o + i * out + out]
+                    o += i * out + out
+                    h = (
+                        jnp.einsum(
+                            "pbi,pio->pbo", jnp.broadcast_to(h, (pop.shape[0],) + h.shape[1:]), w
+                        )
+                        + b[:, None]
+                    )
+                    h = jnp.tanh(h) if k < len(LAYERS) - 1 else h
+                return -(h.argmax(-1) == y).mean(-1)
+
+        init = torch.randn(D_MLP, generator=torch.Generator().manual_seed(1)) * 0.1
+        batches = torch.Generator().manual_seed(0)  # the same minibatches for every library
+        r = None
+        times = []
+        for t in range(gens + 2):
+            idx = torch.randint(0, X.shape[0], (batch,), generator=batches)
+            xb, yb = X[idx], Y[idx]
+            if n == "evosax":
+                import jax.numpy as jnp
+
+                args = (jnp.asarray(xb.numpy()), jnp.asarray(yb.numpy()))
+            else:
+                args = (xb, yb)
+            if r is None:
+                r = RUNNERS[n]("mlp", D_MLP, P, init, fitness=fit, args=args)
+            r.args = args
+            t0 = time.perf_counter()
+            r.step()
+            if t >= 2:  # two warm-up generations, as above
+                times.append(time.perf_counter() - t0)
+        acc = float(mlp_accuracy_t(r.center().float(), X, Y))
+        results[n] = {"generations_per_s": 1 / statistics.median(times), "accuracy_all": acc}
+        print(f"neuro MLP D={D_MLP} P={P} {n:9s} {results[n]['generations_per_s']:7.2f} gen/s  "
+              f"accuracy on all digits after {gens} gens {acc:.3f}", flush=True)  # fmt: skip
+    return results
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    ap.add_argument("--libs", nargs="+", default=None)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--no-mem", action="store_true")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    libs = a.libs or available()
+    if a.quick:
+        configs, reps, neuro_p, neuro_g = [(1000, 16)], 2, 32, 3
+        final_gens = lambda D: 5
+    else:
+        configs, reps, neuro_p, neuro_g = (
+            [(10**3, 256), (10**5, 256), (10**6, 1024)],
+            a.reps,
+            1024,
+            50,
+        )
+        final_gens = lambda D: {10**3: 300, 10**5: 30}.get(D, reps + 2)
+    print(f"libraries: {versions(libs)}")
+    res = {"env": environment(), "versions": versions(libs), "sigma": SIGMA, "lr": LR}
+    res["time"] = time_problems(libs, configs, reps, final_gens, a.out, res)
+    if not a.no_mem:
+        res["memory"] = []
+        for D, P in configs:
+            for n in libs:
+                peak, err = peak_memory(n, "sphere", D, P)
+                res["memory"].append(
+                    {"D": D, "P": P, "library": n, "peak_bytes": peak, "error": err}
+                )
+                shown = f"{peak / 2**20:9.0f} MiB" if peak is not None else f"failed: {err}"
+                print(f"memory sphere D={D:>9,} P={P:5d} {n:9s} {shown}", flush=True)
+                if a.out:
+                    write_json(a.out, res)
+    if importlib.util.find_spec("sklearn") is not None:
+        res["neuro"] = neuro(libs, neuro_p, neuro_g, 256)
+    if a.out:
+        write_json(a.out, res)
+    return res
+
+
+if __name__ == "__main__":
+    main()
