@@ -220,7 +220,8 @@ def versions(libs):
 
 
 # Above this many population elements the peers' (P, D) matrices (several GB each, with
-# temporaries) do not fit in memory side by side: libraries then run one after another.
+# temporaries) do not fit in memory side by side: libraries then run one after another, each in
+# a fresh process (a library that runs out of memory is reported as such).
 ALTERNATE_MAX_ELEMENTS = 5 * 10**7
 
 
@@ -238,27 +239,69 @@ def _measure(runners, reps):
     return times
 
 
+def run_one(problem, D, P, lib, reps, gens):
+    """Time one library alone; returns its result row (used in a child process, see below)."""
+    runners = {lib: RUNNERS[lib](problem, D, P, 0.5)}
+    times = _measure(runners, reps)
+    r = runners[lib]
+    for _ in range(max(0, gens - reps - 2)):
+        r.step()
+    final = float(TORCH_PROBLEMS[problem](r.center().double()))
+    return {"problem": problem, "D": D, "P": P, "library": lib,
+            "ms_per_generation": statistics.median(times[lib]) * 1e3,
+            "generations": max(gens, reps + 2), "final_fitness": final}  # fmt: skip
+
+
+def _run_one_isolated(problem, D, P, lib, reps, gens):
+    """run_one in a fresh process: a library that exhausts memory is reported, not fatal."""
+    code = (
+        f"import sys, json; sys.path.insert(0, {HERE!r}); import compare; "
+        f"print(json.dumps(compare.run_one({problem!r}, {D}, {P}, {lib!r}, {reps}, {gens})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode:
+        why = "killed (out of memory)" if out.returncode in (-9, 137) else out.stderr[-300:]
+        return {"problem": problem, "D": D, "P": P, "library": lib, "error": why}
+    import json
+
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def time_problems(libs, configs, reps, final_gens, out=None, res=None):
     rows = []
     for problem in ("sphere", "rastrigin"):
         for D, P in configs:
-            alternate = D * P <= ALTERNATE_MAX_ELEMENTS
-            groups = [libs] if alternate else [[n] for n in libs]
-            for group in groups:
-                runners = {n: RUNNERS[n](problem, D, P, 0.5) for n in group}
+            gens = max(final_gens(D), reps + 2)
+            if D * P <= ALTERNATE_MAX_ELEMENTS:
+                runners = {n: RUNNERS[n](problem, D, P, 0.5) for n in libs}
                 times = _measure(runners, reps)
+                group = []
                 for n, r in runners.items():
-                    for _ in range(max(0, final_gens(D) - reps - 2)):
+                    for _ in range(max(0, gens - reps - 2)):
                         r.step()
                     final = float(TORCH_PROBLEMS[problem](r.center().double()))
-                    ms = statistics.median(times[n]) * 1e3
-                    gens = max(final_gens(D), reps + 2)
-                    rows.append({"problem": problem, "D": D, "P": P, "library": n,
-                                 "ms_per_generation": ms, "generations": gens,
-                                 "final_fitness": final, "alternating": alternate})  # fmt: skip
-                    print(f"{problem:9s} D={D:>9,} P={P:5d} {n:9s} {ms:10.1f} ms"
-                          f"   f(centre) after {gens} gens {final:.6g}", flush=True)  # fmt: skip
+                    group.append({"problem": problem, "D": D, "P": P, "library": n,
+                                  "ms_per_generation": statistics.median(times[n]) * 1e3,
+                                  "generations": gens, "final_fitness": final,
+                                  "alternating": True})  # fmt: skip
                 del runners
+            else:
+                group = [
+                    {**_run_one_isolated(problem, D, P, n, reps, gens), "alternating": False}
+                    for n in libs
+                ]
+            for row in group:
+                rows.append(row)
+                if "error" in row:
+                    print(f"{problem:9s} D={D:>9,} P={P:5d} {row['library']:9s} {row['error']}")
+                else:
+                    ms, gens_run, final = (
+                        row["ms_per_generation"],
+                        row["generations"],
+                        row["final_fitness"],
+                    )
+                    print(f"{problem:9s} D={D:>9,} P={P:5d} {row['library']:9s} {ms:10.1f} ms"
+                          f"   f(centre) after {gens_run} gens {final:.6g}", flush=True)  # fmt: skip
             if out:  # partial results survive a later crash
                 write_json(out, {**res, "time": rows})
     return rows
