@@ -300,8 +300,12 @@ def time_problems(libs, configs, reps, final_gens, out=None, res=None):
                         row["generations"],
                         row["final_fitness"],
                     )
-                    print(f"{problem:9s} D={D:>9,} P={P:5d} {row['library']:9s} {ms:10.1f} ms"
-                          f"   f(centre) after {gens_run} gens {final:.6g}", flush=True)  # fmt: skip
+                    lib = row["library"]
+                    print(
+                        f"{problem:9s} D={D:>9,} P={P:5d} {lib:9s} {ms:10.1f} ms"
+                        f"   f(centre) after {gens_run} gens {final:.6g}",
+                        flush=True,
+                    )
             if out:  # partial results survive a later crash
                 write_json(out, {**res, "time": rows})
     return rows
