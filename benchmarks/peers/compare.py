@@ -15,8 +15,8 @@ fixed σ — configured as its own documentation recommends for speed:
 Problems (all minimized by the peers, maximized as −f by fastes):
 1. sphere and Rastrigin at (D, P) in {(1e3, 256), (1e5, 256), (1e6, 1024)}: median ms per
    generation (alternating repetitions across libraries, after a warm-up that includes JIT
-   compilation) and peak RSS growth of one generation (a fresh process per library, VmHWM reset
-   after set-up and one warm-up generation);
+   compilation) and peak RSS growth over set-up plus two generations (a fresh process per
+   library, measured from the RSS after the imports);
 2. neuroevolution: MLP 64-64-64-10 (tanh) on digits, P = 1024, fitness = accuracy on a 256-sample
    minibatch: generations per second;
 3. the fitness of the centre after a fixed number of generations of each problem.
@@ -312,7 +312,12 @@ def time_problems(libs, configs, reps, final_gens, out=None, res=None):
 
 
 def peak_memory(lib, problem, D, P):
-    """Peak RSS growth (bytes) of one generation in a fresh process (after one warm-up)."""
+    """Peak RSS growth (bytes) of set-up plus two generations, in a fresh process.
+
+    Measured from the RSS right after the imports, so memory a library keeps across generations
+    (JAX's buffers, a stored population, fastes' noise table) counts; ru_maxrss is not used
+    because a child inherits its parent's high-water mark.
+    """
     code = f"""
 import sys
 sys.path.insert(0, {HERE!r})
@@ -321,17 +326,17 @@ def vm(field):
     for line in open("/proc/self/status"):
         if line.startswith(field):
             return int(line.split()[1]) * 1024
-r = compare.RUNNERS[{lib!r}]({problem!r}, {D}, {P}, 0.5)
-r.step()
-r.step()
 open("/proc/self/clear_refs", "w").write("5")
 before = vm("VmRSS")
+r = compare.RUNNERS[{lib!r}]({problem!r}, {D}, {P}, 0.5)
+r.step()
 r.step()
 print(vm("VmHWM") - before)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if out.returncode:
-        return None, out.stderr.strip().splitlines()[-1] if out.stderr else "failed"
+        why = "killed (out of memory)" if out.returncode in (-9, 137) else out.stderr[-300:]
+        return None, why
     return int(out.stdout.strip().splitlines()[-1]), None
 
 
@@ -417,6 +422,10 @@ def main(argv=None):
     ap.add_argument("--libs", nargs="+", default=None)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-mem", action="store_true")
+    ap.add_argument(
+        "--sections", nargs="+", default=["time", "memory", "neuro"],
+        help="what to measure; with --out, other sections already in the file are kept",
+    )  # fmt: skip
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     libs = a.libs or available()
@@ -432,9 +441,20 @@ def main(argv=None):
         )
         final_gens = lambda D: {10**3: 300, 10**5: 30}.get(D, reps + 2)
     print(f"libraries: {versions(libs)}")
-    res = {"env": environment(), "versions": versions(libs), "sigma": SIGMA, "lr": LR}
-    res["time"] = time_problems(libs, configs, reps, final_gens, a.out, res)
-    if not a.no_mem:
+    res = {}
+    if a.out and os.path.exists(a.out) and set(a.sections) != {"time", "memory", "neuro"}:
+        import json
+
+        with open(a.out) as fh:
+            res = json.load(fh)
+    env = environment()
+    # Which run measured each section (sections merged from an earlier run keep their env).
+    env_of = res.get("env_of", {k: res["env"] for k in ("time", "memory", "neuro") if k in res})
+    env_of.update({k: env for k in a.sections})
+    res.update(env=env, env_of=env_of, versions=versions(libs), sigma=SIGMA, lr=LR)
+    if "time" in a.sections:
+        res["time"] = time_problems(libs, configs, reps, final_gens, a.out, res)
+    if "memory" in a.sections and not a.no_mem:
         res["memory"] = []
         for D, P in configs:
             for n in libs:
@@ -446,7 +466,7 @@ def main(argv=None):
                 print(f"memory sphere D={D:>9,} P={P:5d} {n:9s} {shown}", flush=True)
                 if a.out:
                     write_json(a.out, res)
-    if importlib.util.find_spec("sklearn") is not None:
+    if "neuro" in a.sections and importlib.util.find_spec("sklearn") is not None:
         res["neuro"] = neuro(libs, neuro_p, neuro_g, 256)
     if a.out:
         write_json(a.out, res)
