@@ -78,8 +78,14 @@ def raveler(tree: Any, name: str = "params") -> Raveler:
     leaves, spec = pytree.tree_flatten(tree)
     if not leaves:
         raise ValueError(f"{name} must be a non-empty pytree of float tensors; got {tree!r}")
-    paths = [pytree.keystr(p) for p, _ in pytree.tree_flatten_with_path(tree)[0]]
-    for path, leaf in zip(paths, leaves):
+
+    def paths() -> list[str]:  # key paths for error messages, built only when one is raised
+        return [pytree.keystr(p) for p, _ in pytree.tree_flatten_with_path(tree)[0]]
+
+    for i, leaf in enumerate(leaves):
+        if isinstance(leaf, torch.Tensor) and leaf.dtype in _FLOATS:
+            continue
+        path = paths()[i]
         if not isinstance(leaf, torch.Tensor):
             raise TypeError(
                 f"{name}{path} must be a torch.Tensor; got {type(leaf).__name__} {leaf!r}"
@@ -91,7 +97,7 @@ def raveler(tree: Any, name: str = "params") -> Raveler:
             )
     devices = {leaf.device for leaf in leaves}
     if len(devices) > 1:
-        where = ", ".join(f"{name}{p} on {leaf.device}" for p, leaf in zip(paths, leaves))
+        where = ", ".join(f"{name}{p} on {leaf.device}" for p, leaf in zip(paths(), leaves))
         raise ValueError(f"all leaves of {name} must be on one device; got {where}")
     flat_dtype = torch.float64 if any(x.dtype == torch.float64 for x in leaves) else torch.float32
     return Raveler(
