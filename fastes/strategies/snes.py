@@ -28,8 +28,9 @@ class SNESState(NamedTuple):
     generation: torch.Tensor
 
 
-class SNES(Strategy):
-    name = "snes"
+class NESBase(Strategy):
+    """Shared constructor of SNES and xNES: σ₀, a mean learning rate (number or schedule) and a
+    σ learning rate whose default each strategy derives from D."""
 
     def __init__(
         self,
@@ -44,11 +45,21 @@ class SNES(Strategy):
         super().__init__(params, population_size, **kwargs)
         self.sigma0 = _finite_float(sigma, "sigma", positive=True)
         self.eta_mu = resolve(mean_learning_rate, "mean_learning_rate")  # number or schedule
-        default_eta = (3 + math.log(self.dim)) / (5 * math.sqrt(self.dim))
-        self.eta_sigma = _finite_float(
-            default_eta if sigma_learning_rate is None else sigma_learning_rate,
-            "sigma_learning_rate",
-        )
+        if sigma_learning_rate is None:
+            sigma_learning_rate = self.default_sigma_rate(self.dim)
+        self.eta_sigma = _finite_float(sigma_learning_rate, "sigma_learning_rate")
+
+    @staticmethod
+    def default_sigma_rate(dim: int) -> float:
+        raise NotImplementedError
+
+
+class SNES(NESBase):
+    name = "snes"
+
+    @staticmethod
+    def default_sigma_rate(dim: int) -> float:
+        return (3 + math.log(dim)) / (5 * math.sqrt(dim))
 
     def init(self, params, key=None) -> SNESState:
         mean = self.raveler.ravel(params).float()

@@ -17,9 +17,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..es import _finite_float
-from ..schedules import resolve
-from .base import Strategy
+from .snes import NESBase
 
 MAX_DIM = 1000
 
@@ -31,33 +29,20 @@ class XNESState(NamedTuple):
     generation: torch.Tensor
 
 
-class XNES(Strategy):
+class XNES(NESBase):
     name = "xnes"
 
-    def __init__(
-        self,
-        params,
-        population_size: int | None = None,
-        *,
-        sigma: float = 1.0,
-        mean_learning_rate=1.0,
-        sigma_learning_rate: float | None = None,
-        **kwargs,
-    ):
+    def __init__(self, params, population_size: int | None = None, **kwargs):
         super().__init__(params, population_size, **kwargs)
         if self.dim > MAX_DIM:
             raise ValueError(
                 f"xnes keeps a D x D matrix and is for D <= {MAX_DIM}; got D={self.dim}. "
                 "Use 'snes' or 'sep_cma_es'"
             )
-        self.sigma0 = _finite_float(sigma, "sigma", positive=True)
-        self.eta_mu = resolve(mean_learning_rate, "mean_learning_rate")  # number or schedule
-        d = self.dim
-        default_eta = 3 * (3 + math.log(d)) / (5 * d * math.sqrt(d))
-        self.eta_sigma = _finite_float(
-            default_eta if sigma_learning_rate is None else sigma_learning_rate,
-            "sigma_learning_rate",
-        )
+
+    @staticmethod
+    def default_sigma_rate(dim: int) -> float:
+        return 3 * (3 + math.log(dim)) / (5 * dim * math.sqrt(dim))
 
     def init(self, params, key=None) -> XNESState:
         mean = self.raveler.ravel(params).double()
