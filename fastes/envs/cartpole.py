@@ -1,0 +1,77 @@
+"""CartPole, torch-native and batched: gymnasium's CartPole-v1 dynamics over any batch shape.
+
+Same equations, constants, float64 Euler integration, termination (|x| > 2.4 or
+|θ| > 12°), reward (1 per step, the terminating step included) and truncation (500 steps) as
+``gymnasium.envs.classic_control.CartPoleEnv`` (tests/test_envs.py steps both side by side).
+Start states are uniform in [-0.05, 0.05]⁴, drawn from a fastes key, so a whole generation can
+share them (common random numbers). Functional: states in, states out.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from ..noise import philox_uint32_rows
+from ..prng import check_key
+
+__all__ = ["CartPoleState", "reset", "step", "GRAVITY", "MAX_STEPS"]
+
+GRAVITY, MASSCART, MASSPOLE, LENGTH, FORCE_MAG, TAU = 9.8, 1.0, 0.1, 0.5, 10.0, 0.02
+TOTAL_MASS = MASSPOLE + MASSCART
+POLEMASS_LENGTH = MASSPOLE * LENGTH
+THETA_THRESHOLD = 12 * 2 * math.pi / 360
+X_THRESHOLD = 2.4
+MAX_STEPS = 500  # CartPole-v1's TimeLimit
+
+
+class CartPoleState(NamedTuple):
+    obs: torch.Tensor  # (*batch, 4) float64: x, ẋ, θ, θ̇
+    done: torch.Tensor  # (*batch,) bool: terminated or truncated
+    steps: torch.Tensor  # () int64, steps taken
+
+
+def reset(key: torch.Tensor, batch: tuple[int, ...], device=None) -> CartPoleState:
+    """Start states uniform in [-0.05, 0.05] for every env in ``batch``, from ``key``."""
+    check_key(key)
+    n = math.prod(batch)
+    words = philox_uint32_rows(key, torch.arange(n), 4)  # (n, 4) uint32 in int64
+    u = (words.double() + 0.5) / 2**32  # (0, 1)
+    obs = (-0.05 + 0.1 * u).reshape(*batch, 4).to(device)
+    done = torch.zeros(batch, dtype=torch.bool, device=obs.device)
+    return CartPoleState(obs, done, torch.zeros((), dtype=torch.int64))
+
+
+def step(state: CartPoleState, action: torch.Tensor):
+    """One step for every env: ``action`` (*batch,) in {0, 1} (1 pushes right).
+
+    Returns ``(new_state, reward, terminated, truncated)``; envs already done stay frozen and
+    get reward 0, so summing rewards over a rollout gives each episode's return.
+    """
+    x, x_dot, theta, theta_dot = state.obs.unbind(-1)
+    force = torch.where(action.to(torch.bool), FORCE_MAG, -FORCE_MAG).to(x.dtype)
+    costheta, sintheta = torch.cos(theta), torch.sin(theta)
+    temp = (force + POLEMASS_LENGTH * theta_dot.square() * sintheta) / TOTAL_MASS
+    thetaacc = (GRAVITY * sintheta - costheta * temp) / (
+        LENGTH * (4.0 / 3.0 - MASSPOLE * costheta.square() / TOTAL_MASS)
+    )
+    xacc = temp - POLEMASS_LENGTH * thetaacc * costheta / TOTAL_MASS
+    new = torch.stack(
+        [x + TAU * x_dot, x_dot + TAU * xacc, theta + TAU * theta_dot, theta_dot + TAU * thetaacc],
+        dim=-1,
+    )
+    obs = torch.where(state.done[..., None], state.obs, new)
+    x, theta = obs[..., 0], obs[..., 2]
+    terminated = (x.abs() > X_THRESHOLD) | (theta.abs() > THETA_THRESHOLD)
+    steps = state.steps + 1
+    truncated = torch.full_like(terminated, bool(steps >= MAX_STEPS)) & ~terminated
+    reward = (~state.done).to(obs.dtype)  # 1 per live step, the terminating one included
+    done = state.done | terminated | truncated
+    return (
+        CartPoleState(obs, done, steps),
+        reward,
+        terminated & ~state.done,
+        truncated & ~state.done,
+    )
