@@ -177,6 +177,24 @@ def _flat_estimate(
     return g, FitnessStats(fitness, weights, shape_stats.nan_count, shape_stats.inf_count)
 
 
+def check_population(population_size: int, antithetic: bool, paired: str = "with antithetic=True"):
+    """P >= 2, and even when members come in antithetic pairs (``paired`` says why)."""
+    _positive_int(population_size, "population_size", 2)
+    if antithetic and population_size % 2:
+        raise ValueError(
+            f"population_size must be even {paired} (members come in ± pairs); "
+            f"got {population_size}"
+        )
+
+
+def check_evaluation(mode: str, chunk_size: int | None) -> None:
+    """An evaluation mode from MODES and a positive chunk size (or None)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    if chunk_size is not None:
+        _positive_int(chunk_size, "chunk_size")
+
+
 def _check_args(
     fitness_fn, key, population_size, sigma, antithetic, shaping, mode, chunk_size, memory_budget
 ) -> float:
@@ -184,19 +202,11 @@ def _check_args(
     if not callable(fitness_fn):
         raise TypeError(f"fitness_fn must be callable; got {type(fitness_fn).__name__}")
     check_key(key)
-    _positive_int(population_size, "population_size", 2)
-    if antithetic and population_size % 2:
-        raise ValueError(
-            "population_size must be even with antithetic=True (members come in ± pairs); "
-            f"got {population_size}"
-        )
+    check_population(population_size, antithetic)
     sigma = _finite_float(sigma, "sigma", positive=True)
     if shaping not in METHODS:
         raise ValueError(f"shaping must be one of {METHODS}; got {shaping!r}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
-    if chunk_size is not None:
-        _positive_int(chunk_size, "chunk_size")
+    check_evaluation(mode, chunk_size)
     _positive_int(memory_budget, "memory_budget", 0)
     return sigma
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from ..es import FitnessStats, _positive_int, resolve_noise
-from ..evaluate import MODES, evaluate_population
+from ..es import FitnessStats, check_evaluation, check_population, resolve_noise
+from ..evaluate import evaluate_population
 from ..prng import check_key
 from ..shaping import shape_fitness
 from ..tree import raveler
@@ -55,16 +55,8 @@ class Strategy:
         self.dim = self.raveler.dim
         if population_size is None:
             population_size = self.default_population(self.dim)
-        _positive_int(population_size, "population_size", 2)
-        if self.antithetic and population_size % 2:
-            raise ValueError(
-                f"population_size must be even for {self.name} (antithetic pairs); "
-                f"got {population_size}"
-            )
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
-        if chunk_size is not None:
-            _positive_int(chunk_size, "chunk_size")
+        check_population(population_size, self.antithetic, f"for {self.name}")
+        check_evaluation(mode, chunk_size)
         self.population_size = population_size
         self.minimize, self.objective_weights = minimize, objective_weights
         self.mode, self.chunk_size = mode, chunk_size
@@ -88,6 +80,11 @@ class Strategy:
     @staticmethod
     def default_population(dim: int) -> int:
         return 4 + int(3 * math.log(dim))  # Hansen's λ; strategies may override
+
+    @staticmethod
+    def paired_population(dim: int) -> int:
+        """An even default for antithetic strategies: 2·(2 + ⌊1.5 ln D⌋) ≈ Hansen's λ."""
+        return 2 * (2 + int(1.5 * math.log(dim)))
 
     def population(self, state) -> int:
         """Members per generation in ``state`` (constant except for restart strategies)."""

@@ -7,7 +7,6 @@ Antithetic members θ ± σz, shaped fitness w (centered ranks by default), the 
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import torch
@@ -51,9 +50,7 @@ class OpenES(Strategy):
         self.weight_decay = _finite_float(weight_decay, "weight_decay")
         self.optimizer = optimizer if optimizer is not None else optim.adam(learning_rate)
 
-    @staticmethod
-    def default_population(dim: int) -> int:
-        return 2 * (2 + int(1.5 * math.log(dim)))
+    default_population = staticmethod(Strategy.paired_population)
 
     def init(self, params, key=None) -> OpenESState:
         mean = self.raveler.ravel(params).float()

@@ -11,7 +11,6 @@ For pairs θ ± ε_j, ε_j = σ ⊙ z_j, with shaped fitness f⁺_j, f⁻_j (cen
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import torch
@@ -52,9 +51,7 @@ class PGPE(Strategy):
             raise ValueError(f"stdev_max_change must be in [0, 1); got {self.max_change}")
         self.optimizer = optimizer if optimizer is not None else optim.clipup(center_learning_rate)
 
-    @staticmethod
-    def default_population(dim: int) -> int:
-        return 2 * (2 + int(1.5 * math.log(dim)))
+    default_population = staticmethod(Strategy.paired_population)
 
     def init(self, params, key=None) -> PGPEState:
         mean = self.raveler.ravel(params).float()
