@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -53,3 +54,31 @@ def write_json(path: str, obj) -> None:
     with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as fh:
         json.dump(obj, fh, indent=2, default=str)
     os.replace(fh.name, path)
+
+
+def peak_rss_growth(setup: str, measured: str, path: str) -> tuple[int | None, str | None]:
+    """Peak RSS growth (bytes) of ``measured`` code, run after ``setup`` in a fresh process.
+
+    ru_maxrss is inherited from the parent across fork, so it is not used: the child resets its
+    own high-water mark (``5 > /proc/self/clear_refs``) after ``setup`` and reports
+    VmHWM − VmRSS. ``path`` goes on the child's sys.path. Returns ``(bytes, None)``, or
+    ``(None, reason)`` when the child fails (e.g. killed for memory).
+    """
+    code = f"""
+import sys
+sys.path.insert(0, {path!r})
+def _vm(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+{setup}
+open("/proc/self/clear_refs", "w").write("5")
+_before = _vm("VmRSS")
+{measured}
+print(_vm("VmHWM") - _before)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode:
+        why = "killed (out of memory)" if out.returncode in (-9, 137) else out.stderr[-300:]
+        return None, why
+    return int(out.stdout.strip().splitlines()[-1]), None

@@ -21,18 +21,17 @@ import argparse
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
 
 import fastes
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import environment, write_json  # noqa: E402
-
 from fastes.shaping import centered_ranks
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from _common import environment, peak_rss_growth, write_json  # noqa: E402
 
 SIGMA, LR = 0.02, 0.01
 
@@ -84,29 +83,16 @@ def time_pair(problem, D, P, reps, chunk_size=None):
 
 
 def _peak_child(impl, D, P):
-    """Peak RSS growth (bytes) of one generation, in a fresh process.
-
-    ru_maxrss is inherited from the parent across fork, so it is not used: the child resets its
-    own high-water mark (``5 > /proc/self/clear_refs``) and reads VmHWM - VmRSS around the call.
-    """
-    code = f"""
-import sys, torch
-sys.path.insert(0, {repr(os.path.dirname(os.path.abspath(__file__)))})
-import es_generation as b, fastes
-def vm(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field):
-            return int(line.split()[1]) * 1024
-theta = torch.full(({D},), 0.5)
-k = fastes.key(1)
-open("/proc/self/clear_refs", "w").write("5")
-before = vm("VmRSS")
-fn = b.fastes_generation if {impl!r} == "fastes" else b.naive_generation
-fn(theta, b.sphere, k, {P})
-print(vm("VmHWM") - before)
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1])
+    """Peak RSS growth (bytes) of one generation in a fresh process, table generation included."""
+    setup = (
+        f"import torch, fastes, es_generation as b\ntheta = torch.full(({D},), 0.5)\n"
+        "k = fastes.key(1)"
+    )
+    fn = "b.fastes_generation" if impl == "fastes" else "b.naive_generation"
+    peak, err = peak_rss_growth(setup, f"{fn}(theta, b.sphere, k, {P})", HERE)
+    if err:
+        raise RuntimeError(f"{impl} at D={D}, P={P}: {err}")
+    return peak
 
 
 def main():

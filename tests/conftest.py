@@ -40,6 +40,22 @@ def oracle():
     return philox_numpy
 
 
+@pytest.fixture
+def compile_counter():
+    """``(backend, graphs)``: a Dynamo backend that records every graph it compiles and runs it
+    eagerly — checks graph capture and recompilation without Inductor's C++ build."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    return backend, graphs
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -115,7 +115,7 @@ def test_launchers_reject_bad_inputs():
         )
 
 
-def test_custom_ops_cpu_kernel_is_the_reference_and_compiles_without_recompiling():
+def test_custom_ops_cpu_kernel_is_the_reference_and_compiles_without_recompiling(compile_counter):
     import torch._dynamo
     from fastes.kernels import ops  # noqa: F401  (registers torch.ops.fastes.*)
 
@@ -134,12 +134,7 @@ def test_custom_ops_cpu_kernel_is_the_reference_and_compiles_without_recompiling
         ref.philox_perturb(k, rows, theta, 0.1, True)[0],
     )
 
-    torch._dynamo.reset()
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
+    backend, graphs = compile_counter
 
     @torch.compile(backend=backend, fullgraph=True)
     def grad(key, w):

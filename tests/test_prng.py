@@ -75,17 +75,8 @@ def test_key_is_printable_and_serialisable():
     assert torch.equal(torch.load(buf)["key"], k)
 
 
-def test_changing_key_does_not_recompile():
-    # A counting backend sees each Dynamo compilation; the eager backend skips Inductor codegen,
-    # so this checks graph capture (fullgraph) and guards without a C++ build.
-    import torch._dynamo
-
-    torch._dynamo.reset()
-    compiles = []
-
-    def backend(gm, example_inputs):
-        compiles.append(gm)
-        return gm.forward
+def test_changing_key_does_not_recompile(compile_counter):
+    backend, compiles = compile_counter
 
     @torch.compile(backend=backend, fullgraph=True)
     def step_key(k, step):

@@ -41,7 +41,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from _common import environment, write_json  # noqa: E402
+from _common import environment, peak_rss_growth, write_json  # noqa: E402
 
 SIGMA, LR = 0.02, 0.01
 
@@ -315,29 +315,10 @@ def peak_memory(lib, problem, D, P):
     """Peak RSS growth (bytes) of set-up plus two generations, in a fresh process.
 
     Measured from the RSS right after the imports, so memory a library keeps across generations
-    (JAX's buffers, a stored population, fastes' noise table) counts; ru_maxrss is not used
-    because a child inherits its parent's high-water mark.
+    (JAX's buffers, a stored population, fastes' noise table) counts.
     """
-    code = f"""
-import sys
-sys.path.insert(0, {HERE!r})
-import compare
-def vm(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field):
-            return int(line.split()[1]) * 1024
-open("/proc/self/clear_refs", "w").write("5")
-before = vm("VmRSS")
-r = compare.RUNNERS[{lib!r}]({problem!r}, {D}, {P}, 0.5)
-r.step()
-r.step()
-print(vm("VmHWM") - before)
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if out.returncode:
-        why = "killed (out of memory)" if out.returncode in (-9, 137) else out.stderr[-300:]
-        return None, why
-    return int(out.stdout.strip().splitlines()[-1]), None
+    measured = f"r = compare.RUNNERS[{lib!r}]({problem!r}, {D}, {P}, 0.5)\nr.step()\nr.step()"
+    return peak_rss_growth("import compare", measured, HERE)
 
 
 # -- neuroevolution: MLP 64-64-64-10 tanh on digits, fitness = minibatch accuracy ---------------
