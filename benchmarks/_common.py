@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 
 import torch
+
+from fastes._io import write_json  # noqa: F401  (re-exported for the benchmark scripts)
 
 
 def cpu_name() -> str:
@@ -46,14 +46,6 @@ def environment(device: torch.device | str = "cpu") -> dict:
         env["triton"] = None
     env["triton_interpreter"] = os.environ.get("TRITON_INTERPRET") == "1"
     return env
-
-
-def write_json(path: str, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (temp file in the same folder + rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as fh:
-        json.dump(obj, fh, indent=2, default=str)
-    os.replace(fh.name, path)
 
 
 def peak_rss_growth(setup: str, measured: str, path: str) -> tuple[int | None, str | None]:

@@ -54,3 +54,24 @@ def test_es_step_sphere(benchmark, table, noise):
 
     out = benchmark(step)
     assert out.shape == (D,) and torch.isfinite(out).all()
+
+
+def test_cartpole_rollout_population(benchmark):
+    from fastes.envs import cartpole, rollout
+
+    w = torch.tensor([0.1, 0.5, 1.0, 0.6], dtype=torch.float64)
+    out = benchmark(
+        rollout, lambda o: (o @ w > 0).long(), fastes.key(0), (4,), cartpole, members=256
+    )
+    assert out.lengths.shape == (256, 4) and bool((out.lengths > 0).all())
+
+
+def test_env_steps_script_smoke(tmp_path):
+    pytest.importorskip("gymnasium")
+    import env_steps
+
+    res = env_steps.main(["--population", "8", "--episodes", "1", "--sync-population", "2",
+                          "--reps", "1", "--out", str(tmp_path / "r.json")])  # fmt: skip
+    row = res["rows"][0]
+    assert row["envs"] == 8 and row["fastes torch-native"] > 0 and row["speedup"] > 0
+    assert (tmp_path / "r.json").exists()

@@ -10,12 +10,14 @@ Importing fastes does not import triton, initialise CUDA or change torch setting
 """
 
 from . import (
+    envs,
     es_optimizer,
     evaluate,
     expectations,
     noise,
     optim,
     prng,
+    rl,
     schedules,
     shaping,
     strategies,
@@ -28,14 +30,18 @@ from .expectations import expectation
 from .noise import NoiseTable, noise_table
 from .prng import fold_in, key, split
 from .shaping import shape_fitness
+from .trainer import Trainer, TrainResult
 from .tree import ravel
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ESOptimizer",
+    "TrainResult",
+    "Trainer",
     "FitnessStats",
     "NoiseTable",
+    "envs",
     "es_optimizer",
     "es_step",
     "estimate_grad",
@@ -51,6 +57,7 @@ __all__ = [
     "optim",
     "prng",
     "ravel",
+    "rl",
     "schedules",
     "shape_fitness",
     "shaping",

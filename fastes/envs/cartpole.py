@@ -14,8 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..noise import philox_uint32_rows
-from ..prng import check_key
+from ._common import truncated, uniform
 
 __all__ = ["CartPoleState", "reset", "step", "GRAVITY", "MAX_STEPS"]
 
@@ -24,6 +23,7 @@ TOTAL_MASS = MASSPOLE + MASSCART
 POLEMASS_LENGTH = MASSPOLE * LENGTH
 THETA_THRESHOLD = 12 * 2 * math.pi / 360
 X_THRESHOLD = 2.4
+GYM_ID, OBS_DIM, ACTIONS, DISCRETE = "CartPole-v1", 4, 2, True
 MAX_STEPS = 500  # CartPole-v1's TimeLimit
 
 
@@ -35,11 +35,7 @@ class CartPoleState(NamedTuple):
 
 def reset(key: torch.Tensor, batch: tuple[int, ...], device=None) -> CartPoleState:
     """Start states uniform in [-0.05, 0.05] for every env in ``batch``, from ``key``."""
-    check_key(key)
-    n = math.prod(batch)
-    words = philox_uint32_rows(key, torch.arange(n), 4)  # (n, 4) uint32 in int64
-    u = (words.double() + 0.5) / 2**32  # (0, 1)
-    obs = (-0.05 + 0.1 * u).reshape(*batch, 4).to(device)
+    obs = uniform(key, batch, [-0.05] * 4, [0.05] * 4, device)
     done = torch.zeros(batch, dtype=torch.bool, device=obs.device)
     return CartPoleState(obs, done, torch.zeros((), dtype=torch.int64))
 
@@ -66,12 +62,7 @@ def step(state: CartPoleState, action: torch.Tensor):
     x, theta = obs[..., 0], obs[..., 2]
     terminated = (x.abs() > X_THRESHOLD) | (theta.abs() > THETA_THRESHOLD)
     steps = state.steps + 1
-    truncated = torch.full_like(terminated, bool(steps >= MAX_STEPS)) & ~terminated
+    trunc = truncated(steps, MAX_STEPS, terminated) & ~terminated
     reward = (~state.done).to(obs.dtype)  # 1 per live step, the terminating one included
-    done = state.done | terminated | truncated
-    return (
-        CartPoleState(obs, done, steps),
-        reward,
-        terminated & ~state.done,
-        truncated & ~state.done,
-    )
+    done = state.done | terminated | trunc
+    return CartPoleState(obs, done, steps), reward, terminated & ~state.done, trunc & ~state.done

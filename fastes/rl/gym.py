@@ -1,0 +1,203 @@
+"""Populations on any gymnasium environment, across worker processes.
+
+Each generation, every member plays the same ``episodes`` episodes: the env seeds come from the
+generation's key (common random numbers, Salimans et al. 2017 §2.1), so members differ only by
+their parameters. Members are spread over ``workers`` processes (each keeps one env); a member's
+result does not depend on which worker ran it, so runs are reproducible for any worker count.
+Workers run the policy in numpy (a small MLP costs microseconds per step there). Observations
+are normalised with running statistics frozen during a generation (:mod:`.normalization`).
+
+    task = GymTask("LunarLander-v3", hidden=(32, 32), episodes=2, workers=2)
+    trainer = fastes.Trainer(strategy, task, ...)
+
+Needs ``pip install "gymnasium[box2d]"`` for Box2D envs, ``"gymnasium[mujoco]"`` for MuJoCo.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import torch
+
+from ..noise import philox_uint32_rows
+from . import normalization as nz
+from .policies import MLPPolicy
+from .tasks import RLTaskMixin
+
+__all__ = ["GymTask", "import_gymnasium", "run_episodes"]
+
+_ENV = {}  # per process: (env_id, kwargs) -> env
+
+
+def import_gymnasium():
+    try:
+        import gymnasium
+    except ImportError:
+        raise ImportError(
+            'the gymnasium adapter needs gymnasium: pip install "fastes[rl]" '
+            '(Box2D envs: pip install "gymnasium[box2d]")'
+        ) from None
+    return gymnasium
+
+
+def _make(env_id: str, env_kwargs: dict):
+    k = (env_id, tuple(sorted(env_kwargs.items())))
+    if k not in _ENV:
+        _ENV[k] = import_gymnasium().make(env_id, **env_kwargs)
+    return _ENV[k]
+
+
+def run_episodes(env_id, env_kwargs, policy: MLPPolicy, params, norm, seeds, observe=False):
+    """Play one member's episodes (one per seed) in this process; returns
+    ``(returns (E,), lengths (E,), (count, mean, m2) of the observations or None)``."""
+    env = _make(env_id, env_kwargs)
+    returns, lengths, seen = [], [], []
+    for seed in seeds:
+        obs, _ = env.reset(seed=int(seed))
+        total, n, done = 0.0, 0, False
+        while not done:
+            if observe:
+                seen.append(obs)
+            a = policy.act(params, np.asarray(obs, dtype=np.float64), norm)
+            a = int(a) if policy.discrete else a.astype(np.float32)
+            obs, reward, terminated, truncated, _ = env.step(a)
+            total += float(reward)
+            n += 1
+            done = terminated or truncated
+        returns.append(total)
+        lengths.append(n)
+    stats = None
+    if observe:
+        x = np.asarray(seen, dtype=np.float64)
+        mean = x.mean(0)
+        stats = (float(len(x)), mean, ((x - mean) ** 2).sum(0))
+    return np.asarray(returns), np.asarray(lengths), stats
+
+
+def _run(args):
+    return run_episodes(*args)
+
+
+class GymTask(RLTaskMixin):
+    """A population of :class:`MLPPolicy` policies on gymnasium env ``env_id``.
+
+    Args:
+        env_id: any registered id (``"LunarLander-v3"``, ``"HalfCheetah-v5"``, ...).
+        policy: an :class:`MLPPolicy`; by default one sized from the env's spaces with ``hidden``
+            tanh layers (continuous actions: tanh-squashed into the Box bounds).
+        episodes: episodes per member per generation (a "virtual batch" of env seeds).
+        workers: processes (default: all CPUs); 0 runs everything in this process.
+        normalize_obs: running observation normalisation.
+        eval_episodes: episodes of the unperturbed evaluation (seeds from the eval key).
+        env_kwargs: passed to ``gymnasium.make`` (e.g. ``max_episode_steps``).
+    """
+
+    mode = "batched"
+
+    def __init__(
+        self,
+        env_id: str,
+        policy: MLPPolicy | None = None,
+        *,
+        hidden: tuple[int, ...] = (32, 32),
+        episodes: int = 1,
+        workers: int | None = None,
+        normalize_obs: bool = True,
+        eval_episodes: int = 10,
+        env_kwargs: dict | None = None,
+        start_method: str = "spawn",
+    ):
+        gym = import_gymnasium()
+        self.env_id, self.env_kwargs = env_id, dict(env_kwargs or {})
+        env = gym.make(env_id, **self.env_kwargs)
+        if policy is None:
+            policy = _policy_for(env, tuple(hidden), gym)
+        env.close()
+        self._setup(policy, episodes, eval_episodes, normalize_obs)
+        self.workers = (os.cpu_count() or 1) if workers is None else int(workers)
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0; got {workers}")
+        self.start_method = start_method
+        self._pool: ProcessPoolExecutor | None = None
+
+    # -- execution ----------------------------------------------------------------------------
+    def _map(self, jobs: list) -> list:
+        if self.workers == 0:
+            return [_run(j) for j in jobs]
+        if self._pool is None:
+            ctx = multiprocessing.get_context(self.start_method)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+        chunk = max(1, math.ceil(len(jobs) / (4 * self.workers)))
+        return list(self._pool.map(_run, jobs, chunksize=chunk))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __del__(self):
+        self.close()
+
+    def _norm(self):
+        if not self.normalize_obs:
+            return None
+        return tuple(t.numpy() for t in nz.mean_std(self.norm))
+
+    @staticmethod
+    def seeds(key: torch.Tensor, n: int) -> list[int]:
+        """``n`` env seeds (uint32) from ``key``: the same for every member of a generation."""
+        return philox_uint32_rows(key, [0], n)[0].tolist()
+
+    # -- the task protocol --------------------------------------------------------------------
+    def fitness(self, params, key) -> torch.Tensor:
+        """Mean return (M,) of M stacked members over the generation's episodes."""
+        members = params["w0"].shape[0]
+        flat = {k: v.detach().cpu().double().numpy() for k, v in params.items()}
+        seeds, norm = self.seeds(key, self.episodes), self._norm()
+        jobs = [
+            (self.env_id, self.env_kwargs, self.policy, {k: v[m] for k, v in flat.items()},
+             norm, seeds, self.normalize_obs)
+            for m in range(members)
+        ]  # fmt: skip
+        results = self._map(jobs)
+        for _, lengths, stats in results:  # member order: deterministic merge
+            moments = None if stats is None else nz.RunningNorm(*map(torch.as_tensor, stats))
+            self._observed(torch.as_tensor(lengths), moments)
+        return torch.tensor([r.mean() for r, _, _ in results], dtype=torch.float32)
+
+    def evaluate(self, params, key) -> dict:
+        """The unperturbed policy on ``eval_episodes`` episodes (spread over the workers)."""
+        p = self.policy.numpy_params(params)
+        norm = self._norm()
+        jobs = [
+            (self.env_id, self.env_kwargs, self.policy, p, norm, [s], False)
+            for s in self.seeds(key, self.eval_episodes)
+        ]
+        results = self._map(jobs)
+        r = np.concatenate([x[0] for x in results])
+        lengths = np.concatenate([x[1] for x in results])
+        return {"score": float(r.mean()), "score_std": float(r.std()),
+                "eval_length": float(lengths.mean())}  # fmt: skip
+
+
+def _policy_for(env, hidden: tuple[int, ...], gym) -> MLPPolicy:
+    obs_space, act_space = env.observation_space, env.action_space
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise ValueError(f"GymTask needs a flat Box observation space; got {obs_space}")
+    obs_dim = int(obs_space.shape[0])
+    if isinstance(act_space, gym.spaces.Discrete):
+        return MLPPolicy(obs_dim, int(act_space.n), hidden)
+    if isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1:
+        low, high = np.unique(act_space.low), np.unique(act_space.high)
+        if len(low) != 1 or len(high) != 1 or not np.all(np.isfinite([low, high])):
+            raise ValueError(
+                f"the default policy needs finite, uniform action bounds; got {act_space} "
+                "(pass your own MLPPolicy)"
+            )
+        return MLPPolicy(obs_dim, int(act_space.shape[0]), hidden, discrete=False,
+                         low=float(low[0]), high=float(high[0]))  # fmt: skip
+    raise ValueError(f"GymTask supports Discrete and 1-d Box action spaces; got {act_space}")

@@ -1,0 +1,166 @@
+"""Tasks: what the :class:`fastes.Trainer` trains — a fitness over a population plus the
+bookkeeping around it (an unperturbed evaluation, statistics to log, state to checkpoint).
+
+A task has ``mode`` (fastes evaluation mode), ``fitness(params, key)`` (the generation's key is
+shared by all members: common random numbers), and optionally ``init_params(key)``,
+``evaluate(params, key) -> dict``, ``end_generation() -> dict``, ``state_dict()`` and
+``load_state_dict(state)``. :class:`FunctionTask` wraps a plain fitness function;
+:class:`EnvTask` runs policies on fastes' torch-native envs; :class:`fastes.rl.gym.GymTask` on
+gymnasium.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .. import envs
+from ..evaluate import MODES
+from . import normalization as nz
+from .policies import MLPPolicy
+
+__all__ = ["EnvTask", "FunctionTask", "RLTaskMixin"]
+
+
+class FunctionTask:
+    """A task from ``fitness_fn(params[, key])`` and optionally ``eval_fn(params, key)``.
+
+    Args:
+        fitness_fn: fitness of one member (``mode="vmap"``/``"loop"``) or of stacked members
+            (``"batched"``); maximized.
+        eval_fn: returns a float (or a dict with ``"score"``) for the unperturbed params.
+        takes_key: pass the generation's key as a second argument to ``fitness_fn``.
+    """
+
+    def __init__(
+        self,
+        fitness_fn: Callable[..., Any],
+        eval_fn: Callable[[Any, torch.Tensor], Any] | None = None,
+        mode: str = "vmap",
+        takes_key: bool = False,
+    ):
+        if not callable(fitness_fn):
+            raise TypeError(f"fitness_fn must be callable; got {type(fitness_fn).__name__}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+        self.fitness_fn, self.eval_fn, self.mode, self.takes_key = (
+            fitness_fn, eval_fn, mode, takes_key,
+        )  # fmt: skip
+        if eval_fn is None:
+            self.evaluate = None
+
+    def fitness(self, params, key):
+        return self.fitness_fn(params, key) if self.takes_key else self.fitness_fn(params)
+
+    def evaluate(self, params, key) -> dict:
+        out = self.eval_fn(params, key)
+        return dict(out) if isinstance(out, dict) else {"score": float(out)}
+
+
+class RLTaskMixin:
+    """Shared by the RL tasks: running observation normalisation, episode statistics."""
+
+    def _setup(self, policy: MLPPolicy, episodes: int, eval_episodes: int, normalize_obs: bool):
+        for name, v in (("episodes", episodes), ("eval_episodes", eval_episodes)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int; got {v!r}")
+        self.policy, self.episodes, self.eval_episodes = policy, episodes, eval_episodes
+        self.normalize_obs = normalize_obs
+        self.norm = nz.running_norm(policy.obs_dim)
+        self._pending = nz.running_norm(policy.obs_dim)
+        self.env_steps = 0
+        self._gen_lengths: list[torch.Tensor] = []
+
+    def init_params(self, key: torch.Tensor) -> dict:
+        return self.policy.init(key)
+
+    def _observed(self, lengths: torch.Tensor, stats: nz.RunningNorm | None) -> None:
+        self.env_steps += int(lengths.sum())
+        self._gen_lengths.append(lengths.reshape(-1).double())
+        if stats is not None:
+            self._pending = nz.merge(self._pending, stats)
+
+    def end_generation(self) -> dict:
+        """Fold this generation's observations into the normaliser; return its statistics."""
+        if self.normalize_obs:
+            self.norm = nz.merge(self.norm, self._pending)
+        self._pending = nz.running_norm(self.policy.obs_dim)
+        lengths = torch.cat(self._gen_lengths) if self._gen_lengths else torch.zeros(1)
+        self._gen_lengths = []
+        return {"episode_length": float(lengths.mean()), "env_steps": self.env_steps}
+
+    def state_dict(self) -> dict:
+        return {"norm": list(self.norm), "env_steps": self.env_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.norm = nz.RunningNorm(*state["norm"])
+        self.env_steps = int(state["env_steps"])
+
+
+class EnvTask(RLTaskMixin):
+    """A population of policies on a torch-native env (:mod:`fastes.envs`): every member plays
+    ``episodes`` episodes from the same start states (drawn from the generation's key); all
+    members × episodes step as one batched tensor program. Fitness = mean return.
+
+    Args:
+        env: a name in :data:`fastes.envs.ENVS` or an env module.
+        policy: an :class:`MLPPolicy`; by default one with ``hidden`` tanh layers sized to the env.
+        episodes: episodes per member per generation.
+        normalize_obs: running observation normalisation (statistics frozen within a generation).
+        eval_episodes: episodes of the unperturbed evaluation.
+    """
+
+    mode = "batched"
+
+    def __init__(
+        self,
+        env="cartpole",
+        policy: MLPPolicy | None = None,
+        *,
+        hidden: tuple[int, ...] = (16,),
+        episodes: int = 4,
+        normalize_obs: bool = False,
+        eval_episodes: int = 10,
+        device=None,
+    ):
+        self.env = envs.get(env) if isinstance(env, str) else env
+        if policy is None:
+            policy = default_policy(self.env, hidden)
+        self._setup(policy, episodes, eval_episodes, normalize_obs)
+        self.device = device
+
+    def _rollout(self, params, key, members: int, episodes: int):
+        norm = None
+        if self.normalize_obs:
+            norm = tuple(t.float().to(self.device) for t in nz.mean_std(self.norm))
+        act = lambda obs: self.policy.act(params, obs.float(), norm)
+        return envs.rollout(
+            act, key, (episodes,), self.env, self.device, self.normalize_obs, members=members
+        )
+
+    def fitness(self, params, key) -> torch.Tensor:
+        """Mean return (M,) of M stacked members' policies over the generation's episodes."""
+        members = params["w0"].shape[0]
+        out = self._rollout(params, key, members, self.episodes)
+        self._observed(out.lengths, out.obs_stats)
+        return out.returns.mean(-1).float()
+
+    def evaluate(self, params, key) -> dict:
+        """The unperturbed policy on ``eval_episodes`` episodes: score = mean return."""
+        one = {k: v[None] for k, v in params.items()}
+        out = self._rollout(one, key, 1, self.eval_episodes)
+        r = out.returns[0]
+        return {"score": float(r.mean()), "score_std": float(r.std(unbiased=False)),
+                "eval_length": float(out.lengths.double().mean())}  # fmt: skip
+
+
+def default_policy(env, hidden: tuple[int, ...]) -> MLPPolicy:
+    """An MLP policy sized for a torch-native env module."""
+    if env.DISCRETE:
+        return MLPPolicy(env.OBS_DIM, env.ACTIONS, tuple(hidden))
+    return MLPPolicy(
+        env.OBS_DIM, env.ACTION_DIM, tuple(hidden), discrete=False,
+        low=env.ACTION_LOW, high=env.ACTION_HIGH,
+    )  # fmt: skip

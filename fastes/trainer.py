@@ -1,0 +1,381 @@
+"""A training loop around any strategy and any task: goals, decay, evaluation, checkpoints.
+
+    strategy = fastes.strategies.make("openai_es", params, population_size=64, mode="batched",
+                                      sigma=fastes.schedules.exponential_decay(0.1, 0.999),
+                                      learning_rate=0.05)
+    trainer = fastes.Trainer(strategy, fastes.rl.EnvTask("cartpole"), key=fastes.key(0),
+                             params=params, generations=200, goal=500.0, goal_count=3,
+                             run_dir="runs/cartpole")
+    result = trainer.run()                 # or trainer.run(resume=True) after a crash
+
+Each generation g uses keys derived from (key, g) only — the strategy's noise, the env seeds
+(common random numbers) and the evaluation episodes — so a run resumed from a checkpoint
+continues bit-identically to an uninterrupted one (the checkpoint holds the strategy state, the
+task state such as the observation normaliser, the history, the best params and the goal streak).
+Learning-rate and σ decay are the strategy's schedules (:mod:`fastes.schedules`), evaluated at
+its generation counter.
+
+Every ``eval_every`` generations the unperturbed params are scored by ``task.evaluate``; the run
+stops early once that score reaches ``goal`` on ``goal_count`` evaluations in a row (PyTorch-ES's
+``reward_goal`` / ``consecutive_goal_stopping``, with ``goal=0`` a real goal). Without an
+evaluation, the population's mean fitness is the score. Outputs in ``run_dir`` (all written
+atomically): ``checkpoint.pt``, ``best.pt`` (best-scoring params), ``history.csv``,
+``curve.png`` (``plot=True``, needs matplotlib) and TensorBoard events (``tensorboard=True``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch.utils import _pytree as pytree
+
+from ._io import atomic_write
+from .prng import check_key, fold_in, split
+from .rl.tasks import FunctionTask
+from .strategies.base import Strategy
+
+__all__ = ["Trainer", "TrainResult", "load_checkpoint"]
+
+FORMAT = 1
+
+
+class TrainResult(NamedTuple):
+    params: Any  # the final search center
+    best_params: Any  # the params with the best score seen
+    best_score: float
+    generation: int  # generations completed
+    stop_reason: str  # "generations" or "goal"
+    history: list[dict]
+
+
+def _positive(value, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+    return value
+
+
+class Trainer:
+    """Run ``strategy`` on ``task`` for ``generations`` generations (see the module docstring).
+
+    Args:
+        strategy: a :class:`fastes.strategies.Strategy` built for ``params``' structure.
+        task: a task object (:mod:`fastes.rl.tasks`) or a plain fitness function (vmap mode).
+        key: the run's key.
+        generations: total generations (a resumed run continues up to this number).
+        params: initial params; default ``task.init_params(key')``.
+        goal, goal_count: stop once the score is >= ``goal`` on ``goal_count`` scorings in a row.
+        eval_every: generations between unperturbed evaluations (0: never).
+        run_dir: where checkpoints and logs go (None: nothing is written).
+        checkpoint_every: generations between checkpoints (the last generation always saves).
+        csv, tensorboard, plot: history.csv, TensorBoard events, curve.png in ``run_dir``.
+        progress: a tqdm progress bar (printed lines when tqdm is missing; False: silent).
+        config: a JSON-able dict stored in checkpoints (the CLI rebuilds runs from it).
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        task: Any,
+        *,
+        key: torch.Tensor,
+        generations: int,
+        params: Any = None,
+        goal: float | None = None,
+        goal_count: int = 1,
+        eval_every: int = 10,
+        run_dir: str | os.PathLike | None = None,
+        checkpoint_every: int = 10,
+        csv: bool = True,
+        tensorboard: bool = False,
+        plot: bool = False,
+        progress: bool = True,
+        config: dict | None = None,
+    ):
+        if not isinstance(strategy, Strategy):
+            raise TypeError(f"strategy must be a fastes Strategy; got {type(strategy).__name__}")
+        self.task = FunctionTask(task) if callable(task) and not hasattr(task, "fitness") else task
+        if not callable(getattr(self.task, "fitness", None)):
+            raise TypeError(f"task must have a fitness method or be callable; got {task!r}")
+        mode = getattr(self.task, "mode", strategy.mode)
+        if mode != strategy.mode:
+            raise ValueError(
+                f"the task evaluates in mode {mode!r} but the strategy was built with "
+                f"mode={strategy.mode!r}; build it with mode={mode!r}"
+            )
+        check_key(key)
+        self.strategy, self.key = strategy, key
+        self.generations = _positive(generations, "generations")
+        self.goal = None if goal is None else float(goal)
+        self.goal_count = _positive(goal_count, "goal_count")
+        if not isinstance(eval_every, int) or eval_every < 0:
+            raise ValueError(f"eval_every must be an int >= 0; got {eval_every!r}")
+        self.eval_every = eval_every
+        self.checkpoint_every = _positive(checkpoint_every, "checkpoint_every")
+        self.run_dir = None if run_dir is None else os.fspath(run_dir)
+        self.csv, self.tensorboard, self.plot, self.progress = csv, tensorboard, plot, progress
+        self.config = dict(config or {})
+        gen_key, init_key = split(key)
+        self._gen_key = gen_key
+        if params is None:
+            if not hasattr(self.task, "init_params"):
+                raise ValueError("params is required when the task has no init_params")
+            params = self.task.init_params(init_key)
+        self.state = strategy.init(params)
+        self._state_spec = pytree.tree_flatten(self.state)[1]
+        self.generation = 0
+        self.history: list[dict] = []
+        self.best_score, self.best_flat = -math.inf, strategy.mean(self.state).clone()
+        self.streak = 0
+        self._writer = None
+
+    # -- the loop -----------------------------------------------------------------------------
+    def keys(self, generation: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(strategy key, task key, evaluation key) of ``generation``."""
+        es_key, task_key, eval_key = split(fold_in(self._gen_key, generation), 3)
+        return es_key, task_key, eval_key
+
+    def run(self, resume: bool = False) -> TrainResult:
+        """Train until ``generations`` or the goal. ``resume=True`` continues from
+        ``run_dir/checkpoint.pt`` when it exists."""
+        if resume:
+            path = self._path("checkpoint.pt")
+            if path is None:
+                raise ValueError("resume=True needs a run_dir")
+            if os.path.exists(path):
+                self.load(path)
+        bar = self._progress_bar()
+        stop = "goal" if self._goal_reached() else "generations"
+        evaluate = getattr(self.task, "evaluate", None)
+        t_run = time.perf_counter()
+        while stop != "goal" and self.generation < self.generations:
+            g = self.generation
+            es_key, task_key, eval_key = self.keys(g)
+            t0 = time.perf_counter()
+            self.state, stats = self.strategy.step(
+                self.state, self.task.fitness, es_key, fitness_args=(task_key,)
+            )
+            record = {"generation": g, **_fitness_summary(stats.fitness)}
+            record.update(self._hyperparameters(g))
+            if hasattr(self.task, "end_generation"):
+                record.update(self.task.end_generation())
+            score = record["fitness_mean"]
+            # On a fixed schedule only (not "also at the last generation"): a run stopped at
+            # generation N and resumed must evaluate exactly when an uninterrupted run does.
+            if evaluate is not None and self.eval_every and (g + 1) % self.eval_every == 0:
+                record.update(evaluate(self.strategy.params(self.state), eval_key))
+                score = record["score"]
+            scored = evaluate is None or "score" in record
+            if scored:
+                self._score(score)
+                stop = "goal" if self._goal_reached() else stop
+            record["time_s"] = time.perf_counter() - t0
+            self.history.append(record)
+            self.generation = g + 1
+            self._log(record, bar)
+            if self.generation % self.checkpoint_every == 0 or stop == "goal":
+                self.save()
+        if self.history and (self.generation % self.checkpoint_every != 0 and stop != "goal"):
+            self.save()
+        self._finish(bar, time.perf_counter() - t_run)
+        unravel = self.strategy.raveler.unravel
+        return TrainResult(
+            self.strategy.params(self.state),
+            unravel(self.best_flat.to(self.strategy.raveler.flat_dtype)),
+            self.best_score, self.generation, stop, self.history,
+        )  # fmt: skip
+
+    def _score(self, score: float) -> None:
+        if score > self.best_score:
+            self.best_score = float(score)
+            self.best_flat = self.strategy.mean(self.state).clone()
+            if self.run_dir is not None:
+                params = self.strategy.params(self.state)
+                path = self._path("best.pt")
+                atomic_write(path, lambda fh: torch.save({"params": params, "score": score}, fh))
+        if self.goal is not None:
+            self.streak = self.streak + 1 if score >= self.goal else 0
+
+    def _goal_reached(self) -> bool:
+        return self.goal is not None and self.streak >= self.goal_count
+
+    def _hyperparameters(self, g: int) -> dict:
+        out = {}
+        for name in ("sigma", "learning_rate"):
+            v = getattr(self.strategy, name, None)
+            if callable(v):
+                out[name] = float(v(g))
+        sigma = getattr(self.state, "sigma", None)
+        if isinstance(sigma, torch.Tensor):
+            out["sigma"] = float(sigma.float().mean())
+        return out
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _path(self, name: str) -> str | None:
+        return None if self.run_dir is None else os.path.join(self.run_dir, name)
+
+    def checkpoint(self) -> dict:
+        """Everything a resumed run needs, as tensors, lists and numbers (weights_only-safe)."""
+        state_dict = getattr(self.task, "state_dict", None)
+        return {
+            "format": FORMAT,
+            "generation": self.generation,
+            "key": self.key,
+            "strategy": self.strategy.name,
+            "strategy_state": pytree.tree_flatten(self.state)[0],
+            "task": state_dict() if state_dict else {},
+            "history": self.history,
+            "best_score": self.best_score,
+            "best_flat": self.best_flat,
+            "streak": self.streak,
+            "config": self.config,
+        }
+
+    def save(self) -> None:
+        """Write ``run_dir/checkpoint.pt`` (and history.csv / curve.png) atomically."""
+        if self.run_dir is None:
+            return
+        ckpt = self.checkpoint()
+        atomic_write(self._path("checkpoint.pt"), lambda fh: torch.save(ckpt, fh))
+        if self.csv:
+            write_csv(self._path("history.csv"), self.history)
+        if self.plot:
+            plot_history(self.history, self._path("curve.png"))
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Restore the state saved by :meth:`save` (the same strategy and task settings)."""
+        ckpt = load_checkpoint(path)
+        if ckpt["strategy"] != self.strategy.name:
+            raise ValueError(
+                f"checkpoint {path} is for strategy {ckpt['strategy']!r}, "
+                f"not {self.strategy.name!r}"
+            )
+        leaves = ckpt["strategy_state"]
+        template = pytree.tree_flatten(self.state)[0]
+        if len(leaves) != len(template) or any(
+            isinstance(a, torch.Tensor) and (a.shape != b.shape or a.dtype != b.dtype)
+            for a, b in zip(leaves, template, strict=False)
+        ):
+            raise ValueError(f"checkpoint {path} does not match this strategy's state layout")
+        if not torch.equal(ckpt["key"], self.key):
+            raise ValueError(f"checkpoint {path} was made with key {ckpt['key'].tolist()}")
+        self.state = pytree.tree_unflatten(leaves, self._state_spec)
+        if hasattr(self.task, "load_state_dict"):
+            self.task.load_state_dict(ckpt["task"])
+        self.generation = int(ckpt["generation"])
+        self.history = list(ckpt["history"])
+        self.best_score, self.best_flat = float(ckpt["best_score"]), ckpt["best_flat"]
+        self.streak = int(ckpt["streak"])
+
+    # -- logging ------------------------------------------------------------------------------
+    def _progress_bar(self):
+        if not self.progress:
+            return None
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            print("(pip install tqdm for a progress bar)")
+            return None
+        return tqdm(total=self.generations, initial=self.generation, unit="gen")
+
+    def _log(self, record: dict, bar) -> None:
+        if bar is not None:
+            post = {"fitness": f"{record['fitness_mean']:.4g}"}
+            if "score" in record:
+                post["score"] = f"{record['score']:.4g}"
+            bar.set_postfix(post, refresh=False)
+            bar.update(1)
+        elif self.progress and ("score" in record or record["generation"] % 10 == 0):
+            extra = f", score {record['score']:.4g}" if "score" in record else ""
+            print(f"gen {record['generation']}: fitness {record['fitness_mean']:.4g}{extra}")
+        if self.tensorboard and self.run_dir is not None:
+            if self._writer is None:
+                self._writer = _summary_writer(self._path("tb"), purge_step=record["generation"])
+            for k, v in record.items():
+                if k != "generation" and isinstance(v, int | float):
+                    self._writer.add_scalar(k, v, record["generation"])
+
+    def _finish(self, bar, seconds: float) -> None:
+        if bar is not None:
+            bar.close()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self.progress:
+            best = f", best score {self.best_score:.4g}" if self.history else ""
+            print(f"{self.generation} generations ({seconds:.1f} s this run){best}")
+
+
+def _fitness_summary(fitness: torch.Tensor) -> dict:
+    f = fitness.double()
+    if f.dim() == 2:  # (P, K): summarise the first objective
+        f = f[:, 0]
+    finite = f[torch.isfinite(f)]
+    if finite.numel() == 0:
+        finite = torch.full((1,), math.nan, dtype=torch.float64)
+    return {
+        "fitness_mean": float(finite.mean()),
+        "fitness_max": float(finite.max()),
+        "fitness_min": float(finite.min()),
+        "fitness_std": float(finite.std(unbiased=False)),
+        "nonfinite": int((~torch.isfinite(f)).sum()),
+    }
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint written by :class:`Trainer` (tensors and plain data only)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a fastes Trainer checkpoint (format {FORMAT})")
+    return ckpt
+
+
+def write_csv(path: str, history: list[dict]) -> None:
+    """The history as CSV (one row per generation, columns = union of keys), atomically."""
+    columns: list[str] = []
+    for row in history:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns)
+    w.writeheader()
+    w.writerows(history)
+    atomic_write(path, lambda fh: fh.write(buf.getvalue()), mode="w")
+
+
+def plot_history(history: list[dict], path: str) -> None:
+    """A learning-curve PNG: population fitness (mean, max) and evaluation scores."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError('plot=True needs matplotlib: pip install "fastes[rl]"') from None
+    gens = [r["generation"] for r in history]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(gens, [r["fitness_mean"] for r in history], label="population mean")
+    ax.plot(gens, [r["fitness_max"] for r in history], label="population max", alpha=0.5)
+    ev = [(r["generation"], r["score"]) for r in history if "score" in r]
+    if ev:
+        ax.plot(*zip(*ev, strict=True), "o-", label="evaluation (unperturbed)")
+    ax.set_xlabel("generation")
+    ax.set_ylabel("fitness / return")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
+    plt.close(fig)
+
+
+def _summary_writer(logdir: str, purge_step: int) -> Callable:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ImportError('tensorboard=True needs tensorboard: pip install "fastes[rl]"') from None
+    return SummaryWriter(logdir, purge_step=purge_step)

@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+import torch
+
+import fastes
+
+try:
+    import gymnasium
+except ImportError:  # the gymnasium tests skip
+    gymnasium = None
+from fastes.rl import EnvTask, MLPPolicy
+from fastes.rl import normalization as nz
+
+
+def test_running_norm_merges_batches_like_one_pass():
+    x = torch.randn(1000, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x = x * torch.tensor([1.0, 10.0, 0.1, 3.0, 100.0]) + 7
+    norm = nz.running_norm(5)
+    for part in torch.split(x, [1, 3, 496, 500]):
+        norm = nz.merge(norm, nz.moments(part))
+    mean, std = nz.mean_std(norm)
+    # Chan's update is exact algebra; float64 rounding over 4 merges leaves ~1e-15 relative.
+    torch.testing.assert_close(mean, x.mean(0), rtol=1e-13, atol=0)
+    torch.testing.assert_close(std, x.std(0, unbiased=False), rtol=1e-13, atol=0)
+    mask = torch.arange(1000) % 3 == 0
+    masked = nz.moments(x, mask)
+    assert float(masked.count) == int(mask.sum())
+    torch.testing.assert_close(masked.mean, x[mask].mean(0), rtol=1e-13, atol=0)
+    # Before two observations: identity; normalize clips to ±clip.
+    m0, s0 = nz.mean_std(nz.running_norm(2))
+    assert torch.equal(m0, torch.zeros(2)) and torch.equal(s0, torch.ones(2))
+    big = nz.normalize(norm, torch.full((1, 5), 1e9), clip=5.0)
+    assert torch.equal(big, torch.full((1, 5), 5.0))
+    with pytest.raises(ValueError, match="cannot merge statistics of 5 and 2 features"):
+        nz.merge(norm, nz.running_norm(2))
+    with pytest.raises(ValueError, match="obs_dim must be a positive int; got 0"):
+        nz.running_norm(0)
+
+
+def test_policy_batched_unbatched_numpy_and_torch_agree():
+    pol = MLPPolicy(4, 3, (8, 8))
+    members = [pol.init(fastes.key(i)) for i in range(3)]
+    for p in members:  # a non-neutral output layer, so actions vary
+        p["w2"] = torch.randn(8, 3, generator=torch.Generator().manual_seed(1))
+    stacked = {k: torch.stack([m[k] for m in members]) for k in members[0]}
+    obs = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(2))
+    norm = (torch.full((4,), 0.5), torch.full((4,), 2.0))
+    batched = pol.act(stacked, obs, norm)
+    assert batched.shape == (3, 5)
+    for m in range(3):
+        assert torch.equal(batched[m], pol.act(members[m], obs[m], norm))
+        np_norm = tuple(t.double().numpy() for t in norm)
+        out = pol.act(pol.numpy_params(members[m]), obs[m].double().numpy(), np_norm)
+        assert np.array_equal(out, batched[m].numpy())
+    cont = MLPPolicy(3, 2, (), discrete=False, low=-2.0, high=2.0)
+    p = cont.init(fastes.key(0))
+    p["w0"] = torch.full((3, 2), 100.0)
+    a = cont.act(p, torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]]))
+    assert torch.equal(a, torch.tensor([[2.0, 2.0], [-2.0, -2.0]]))  # squashed into [low, high]
+    with pytest.raises(ValueError, match="act_dim must be a positive int; got 0"):
+        MLPPolicy(3, 0)
+    with pytest.raises(ValueError, match="need low < high"):
+        MLPPolicy(3, 1, discrete=False, low=1.0, high=1.0)
+
+
+def test_env_task_common_random_numbers_and_normaliser():
+    task = EnvTask("cartpole", hidden=(4,), episodes=3, normalize_obs=True)
+    p = task.init_params(fastes.key(0))
+    p["w1"] = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    same = {k: torch.stack([v, v]) for k, v in p.items()}  # two identical members
+    f = task.fitness(same, fastes.key(5))
+    assert f[0] == f[1]  # same params, same episodes (common random numbers)
+    assert torch.equal(task.fitness(same, fastes.key(5)), f)  # same key, same result
+    info = task.end_generation()
+    assert float(task.norm.count) == info["env_steps"]  # one observation per step acted on
+    before = task.norm
+    task.end_generation()  # nothing new observed: unchanged
+    assert torch.equal(task.norm.mean, before.mean)
+
+
+def test_gym_task_is_the_same_for_any_worker_count():
+    pytest.importorskip("gymnasium")
+    from fastes.rl.gym import GymTask, _policy_for
+
+    results = []
+    for workers in (0, 2):
+        task = GymTask("CartPole-v1", hidden=(4,), episodes=2, workers=workers, eval_episodes=3)
+        params = task.init_params(fastes.key(0))
+        params["w1"] = torch.randn(4, 2, generator=torch.Generator().manual_seed(3))
+        stacked = {k: torch.stack([v, 0.5 * v, v]) for k, v in params.items()}
+        try:
+            f = task.fitness(stacked, fastes.key(7))
+            info = task.end_generation()
+            ev = task.evaluate(params, fastes.key(8))
+        finally:
+            task.close()
+        results.append((f, info, ev, task.norm))
+    (f0, i0, e0, n0), (f2, i2, e2, n2) = results
+    assert torch.equal(f0, f2) and i0 == i2 and e0 == e2
+    assert torch.equal(n0.mean, n2.mean) and torch.equal(n0.m2, n2.m2)
+    assert f0[0] == f0[2]  # identical members, identical episodes
+    assert float(n0.count) == i0["env_steps"] > 0
+    with pytest.raises(ValueError, match="needs finite, uniform action bounds"):
+        _policy_for(_Env(), (4,), gymnasium)
+
+
+class _Env:  # a Box action space with per-dimension bounds
+    observation_space = gymnasium.spaces.Box(-1, 1, (3,)) if gymnasium else None
+    action_space = (
+        gymnasium.spaces.Box(-np.arange(1.0, 3.0), np.arange(1.0, 3.0)) if gymnasium else None
+    )

@@ -1,0 +1,151 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import fastes
+from fastes._io import atomic_write
+from fastes.rl import EnvTask, FunctionTask
+from fastes.trainer import load_checkpoint
+
+
+def _cartpole_trainer(run_dir, generations, **kw):
+    task = EnvTask("cartpole", hidden=(8,), episodes=2, normalize_obs=True, eval_episodes=3)
+    params = task.init_params(fastes.key(1))
+    strategy = fastes.strategies.make(
+        "openai_es", params, population_size=16, mode="batched",
+        sigma=fastes.schedules.exponential_decay(0.1, 0.95), learning_rate=0.05,
+    )  # fmt: skip
+    return fastes.Trainer(
+        strategy, task, key=fastes.key(0), generations=generations, params=params,
+        eval_every=3, run_dir=run_dir, checkpoint_every=2, progress=False, **kw,
+    )  # fmt: skip
+
+
+def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
+    full = _cartpole_trainer(tmp_path / "full", 9).run()
+    first = _cartpole_trainer(tmp_path / "split", 5).run()  # stops (and saves) at 5
+    assert first.generation == 5
+    # A fresh trainer (fresh strategy, task and normaliser objects) picks up the checkpoint.
+    resumed = _cartpole_trainer(tmp_path / "split", 9).run(resume=True)
+    assert resumed.generation == 9
+    for k in full.params:
+        assert torch.equal(full.params[k], resumed.params[k]), k
+        assert torch.equal(full.best_params[k], resumed.best_params[k]), k
+    strip = lambda h: [{k: v for k, v in r.items() if k != "time_s"} for r in h]
+    assert strip(full.history) == strip(resumed.history)
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "split" / "checkpoint.pt")
+    assert all(torch.equal(x, y) for x, y in zip(a["task"]["norm"], b["task"]["norm"]))
+    # σ decays once per generation (not once per parameter tensor, PyTorch-ES's bug).
+    assert [r["sigma"] for r in full.history] == [0.1 * 0.95**g for g in range(9)]
+
+
+def test_killed_cli_run_resumes_to_the_same_params(tmp_path):
+    # SIGKILL a `fastes train` process once a few checkpoints exist, `fastes resume` it, and
+    # compare with an uninterrupted run: the final strategy states are equal bit for bit.
+    args = ["train", "cartpole", "--generations", "14", "--checkpoint-every", "1",
+            "--goal", "1e9", "--population", "16", "--episodes", "2", "--hidden", "8",
+            "--no-progress"]  # fmt: skip
+    cli = [sys.executable, "-m", "fastes"]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    subprocess.run([*cli, *args, "--run-dir", str(tmp_path / "full")], check=True, env=env,
+                   capture_output=True)  # fmt: skip
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*cli, *args, "--run-dir", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        path = killed / "checkpoint.pt"
+        if path.exists() and load_checkpoint(path)["generation"] >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = load_checkpoint(killed / "checkpoint.pt")["generation"]
+    assert 3 <= done < 14, done  # killed mid-run
+    out = subprocess.run([*cli, "resume", str(killed), "--no-progress"], check=True, env=env,
+                         capture_output=True, text=True)  # fmt: skip
+    assert "after 14 generations" in out.stdout
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    b = load_checkpoint(killed / "checkpoint.pt")
+    assert a["generation"] == b["generation"] == 14
+    for x, y in zip(a["strategy_state"], b["strategy_state"], strict=True):
+        assert torch.equal(x, y)
+
+
+def _sphere_trainer(scores, **kw):
+    """OpenAI-ES on a sphere whose 'evaluation' replays a fixed sequence of scores."""
+    it = iter(scores)
+    task = FunctionTask(lambda p: -(p["x"] ** 2).sum(), eval_fn=lambda p, k: next(it))
+    params = {"x": torch.ones(4)}
+    strategy = fastes.strategies.make("openai_es", params, population_size=8)
+    return fastes.Trainer(strategy, task, key=fastes.key(0), params=params, eval_every=1,
+                          progress=False, **kw)  # fmt: skip
+
+
+def test_goal_needs_consecutive_evaluations():
+    scores = [1, 5, 5, 1, 5, 0, 5, 5, 5, 9, 9]
+    res = _sphere_trainer(scores, generations=11, goal=5.0, goal_count=3).run()
+    assert (res.stop_reason, res.generation) == ("goal", 9)  # the third 5 in a row
+    assert res.best_score == 5.0
+    # goal=0 is a real goal (PyTorch-ES treated it as "no goal").
+    res = _sphere_trainer([-1, 0, 3], generations=3, goal=0.0).run()
+    assert (res.stop_reason, res.generation) == ("goal", 2)
+    res = _sphere_trainer([1, 2, 3], generations=3).run()  # no goal: all generations
+    assert (res.stop_reason, res.generation, res.best_score) == ("generations", 3, 3.0)
+
+
+def test_outputs_csv_png_tensorboard_and_best(tmp_path):
+    pytest.importorskip("matplotlib")
+    tb = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    res = _cartpole_trainer(tmp_path, 4, plot=True, tensorboard=True).run()
+    rows = (tmp_path / "history.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 and rows[0].startswith("generation,fitness_mean")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["score"] == res.best_score
+    assert all(torch.equal(best["params"][k], res.best_params[k]) for k in best["params"])
+    acc = tb.EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("fitness_mean")]
+    assert steps == [0, 1, 2, 3]
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    atomic_write(path, lambda fh: fh.write(b"old"))
+
+    def crash(fh):
+        fh.write(b"half-written")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(path, crash)
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["ckpt.pt"]  # no temp file left behind
+
+
+def test_bad_arguments_are_named(tmp_path):
+    params = {"x": torch.ones(3)}
+    strategy = fastes.strategies.make("openai_es", params, population_size=4)
+    sphere = lambda p: -(p["x"] ** 2).sum()
+    with pytest.raises(ValueError, match="generations must be a positive int; got 0"):
+        fastes.Trainer(strategy, sphere, key=fastes.key(0), generations=0, params=params)
+    with pytest.raises(ValueError, match="mode 'batched' but the strategy was built with"):
+        fastes.Trainer(strategy, EnvTask("cartpole"), key=fastes.key(0), generations=1)
+    with pytest.raises(TypeError, match="strategy must be a fastes Strategy"):
+        fastes.Trainer(object(), sphere, key=fastes.key(0), generations=1, params=params)
+    _cartpole_trainer(tmp_path, 2).run()
+    other = _cartpole_trainer(tmp_path, 4)
+    other.strategy.name = "pgpe"
+    with pytest.raises(ValueError, match="is for strategy 'openai_es', not 'pgpe'"):
+        other.run(resume=True)
+    with pytest.raises(ValueError, match="not a fastes Trainer checkpoint"):
+        torch.save({"x": 1}, tmp_path / "junk.pt")
+        load_checkpoint(tmp_path / "junk.pt")
