@@ -41,8 +41,17 @@ PRESETS: dict[str, dict] = {
     "cartpole": dict(goal=500.0),
     "acrobot": dict(goal=-100.0),
     "pendulum": dict(
-        hidden="32", population=128, episodes=8, sigma=0.1, lr=0.03, goal=-200.0, generations=500
-    ),
+        hidden="16",
+        population=128,
+        episodes=8,
+        sigma=0.5,
+        lr=0.1,
+        goal=-200.0,
+        goal_count=2,
+        eval_every=10,
+        eval_episodes=20,
+        generations=300,
+    ),  # fmt: skip
     "mountain_car": dict(sigma=0.5, goal=90.0, episodes=2),
     "gym:LunarLander-v3": dict(
         hidden="32",

@@ -48,3 +48,21 @@ def test_evolvability_example_moves_to_high_variance_and_entropy():
     (mu_var, var), (mu_ent, ent) = _load("07_evolvability").main(["--steps", "300"])
     assert var > 10.0 and abs(mu_var - 7.85) < 0.5
     assert ent > 2.0
+
+
+def test_pendulum_example_swings_up():
+    # Full run: 120 generations, 6.5 s on the 2-core dev CPU (seed 0), final params -156.5 over
+    # 20 unseen episodes; random policies score about -1200. The goal is >= -200 twice in a row.
+    result, test = _load("04_pendulum").main([])
+    assert result.stop_reason == "goal"
+    assert test["score"] > -400  # unseen episodes: well above random, with sampling slack
+
+
+def test_lunarlander_example_runs_end_to_end():
+    # The full run (>= 200 over 100 episodes; figures in the README) takes minutes; this checks
+    # the whole path — workers, evaluation, outputs — on 2 tiny generations.
+    pytest.importorskip("Box2D")
+    final, best = _load("03_lunarlander").main(
+        ["--generations", "2", "--population", "4", "--workers", "2"]
+    )
+    assert set(final) >= {"score", "score_std", "eval_length"}

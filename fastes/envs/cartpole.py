@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._common import truncated, uniform
+from ._common import uniform
 
 __all__ = ["CartPoleState", "reset", "step", "GRAVITY", "MAX_STEPS"]
 
@@ -40,29 +40,39 @@ def reset(key: torch.Tensor, batch: tuple[int, ...], device=None) -> CartPoleSta
     return CartPoleState(obs, done, torch.zeros((), dtype=torch.int64))
 
 
+_FORCES: dict = {}  # (dtype, device) -> tensor([-FORCE_MAG, FORCE_MAG])
+
+
 def step(state: CartPoleState, action: torch.Tensor):
     """One step for every env: ``action`` (*batch,) in {0, 1} (1 pushes right).
 
     Returns ``(new_state, reward, terminated, truncated)``; envs already done stay frozen and
     get reward 0, so summing rewards over a rollout gives each episode's return.
     """
-    x, x_dot, theta, theta_dot = state.obs.unbind(-1)
-    force = torch.where(action.to(torch.bool), FORCE_MAG, -FORCE_MAG).to(x.dtype)
+    # The same float64 operations, in the same order, as gymnasium's CartPoleEnv.step; written
+    # with few tensor ops (per-op overhead dominates at population-sized batches).
+    obs = state.obs
+    k = (obs.dtype, obs.device)
+    if k not in _FORCES:
+        _FORCES[k] = torch.tensor([-FORCE_MAG, FORCE_MAG], dtype=obs.dtype, device=obs.device)
+    force = _FORCES[k][action.long()]
+    theta, theta_dot = obs[..., 2], obs[..., 3]
     costheta, sintheta = torch.cos(theta), torch.sin(theta)
     temp = (force + POLEMASS_LENGTH * theta_dot.square() * sintheta) / TOTAL_MASS
     thetaacc = (GRAVITY * sintheta - costheta * temp) / (
         LENGTH * (4.0 / 3.0 - MASSPOLE * costheta.square() / TOTAL_MASS)
     )
     xacc = temp - POLEMASS_LENGTH * thetaacc * costheta / TOTAL_MASS
-    new = torch.stack(
-        [x + TAU * x_dot, x_dot + TAU * xacc, theta + TAU * theta_dot, theta_dot + TAU * thetaacc],
-        dim=-1,
-    )
-    obs = torch.where(state.done[..., None], state.obs, new)
-    x, theta = obs[..., 0], obs[..., 2]
-    terminated = (x.abs() > X_THRESHOLD) | (theta.abs() > THETA_THRESHOLD)
+    # Euler: x + τ·ẋ, ẋ + τ·ẍ, θ + τ·θ̇, θ̇ + τ·θ̈ — one multiply and one add per component.
+    new = obs + TAU * torch.stack([obs[..., 1], xacc, theta_dot, thetaacc], dim=-1)
+    live = ~state.done
+    obs = torch.where(live[..., None], new, obs)
+    terminated = ((new[..., 0].abs() > X_THRESHOLD) | (new[..., 2].abs() > THETA_THRESHOLD)) & live
     steps = state.steps + 1
-    trunc = truncated(steps, MAX_STEPS, terminated) & ~terminated
-    reward = (~state.done).to(obs.dtype)  # 1 per live step, the terminating one included
+    if int(steps) >= MAX_STEPS:
+        trunc = live & ~terminated
+    else:
+        trunc = torch.zeros_like(live)
+    reward = live.to(obs.dtype)  # 1 per live step, the terminating one included
     done = state.done | terminated | trunc
-    return CartPoleState(obs, done, steps), reward, terminated & ~state.done, trunc & ~state.done
+    return CartPoleState(obs, done, steps), reward, terminated, trunc
