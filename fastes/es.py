@@ -84,18 +84,27 @@ def resolve_noise(noise: Any, dim: int, device: torch.device) -> PhiloxNoise | T
     """Pick the noise source: ``"auto"``, ``"table"``, ``"philox"``, a NoiseTable or a source.
 
     ``"auto"`` uses the shared table on the CPU when D <= table size / 4 (the fastest CPU source,
-    see fastes.noise) and direct Philox otherwise, and always on GPUs.
+    see fastes.noise) and direct Philox otherwise, and always on GPUs and inside
+    ``torch.compile`` (where the compiler fuses Philox into the consumers, and where a table made
+    during tracing would be traced into the graph). Pass ``noise="philox"`` to get the same
+    noise compiled and eager on the CPU, or a prebuilt ``fastes.noise_table()`` to trace the
+    table path.
     """
     if isinstance(noise, (PhiloxNoise, TableNoise)):
         return noise
     if isinstance(noise, NoiseTable):
         return TableNoise(noise)
     if noise == "auto":
-        cpu = device.type == "cpu"
+        cpu = device.type == "cpu" and not torch.compiler.is_compiling()
         noise = "table" if cpu and dim <= DEFAULT_TABLE_SIZE // 4 else "philox"
     if noise == "philox":
         return PhiloxNoise()
     if noise == "table":
+        if torch.compiler.is_compiling():
+            raise ValueError(
+                "noise='table' inside torch.compile needs the table made beforehand: pass "
+                "noise=fastes.noise_table(device=...) (made eagerly), or noise='philox'"
+            )
         if dim > DEFAULT_TABLE_SIZE:
             raise ValueError(
                 f"noise='table' needs D <= the table size {DEFAULT_TABLE_SIZE}; got D={dim}. "
@@ -143,7 +152,7 @@ def _flat_estimate(
     # new pages each time (measured: a fresh 100 MB cat took 150 ms here). Elsewhere the sources
     # allocate (the CUDA caching allocator recycles; the perturb kernel returns its own tensor).
     pop = None
-    if theta.device.type == "cpu":
+    if theta.device.type == "cpu" and not torch.compiler.is_compiling():
         pop = torch.empty(rows_per_chunk * per_row, D, dtype=theta.dtype, device=theta.device)
     fitness = None
     for r0 in range(0, n_rows, rows_per_chunk):

@@ -66,7 +66,10 @@ def _philox_words(k: torch.Tensor, rows: torch.Tensor, b0: int, nb: int):
     c1 = (blocks >> 32).expand(rows.numel(), nb)
     c2 = (rows & MASK32)[:, None].expand(-1, nb)
     c3 = (rows >> 32)[:, None].expand(-1, nb)
-    k0, k1 = (int(w) for w in k.tolist()) if k.device.type == "cpu" else (k[0], k[1])
+    if k.device.type == "cpu" and not torch.compiler.is_compiling():
+        k0, k1 = (int(w) for w in k.tolist())  # python ints: cheaper scalar ops in eager
+    else:  # tensors: no host sync on GPUs, and a new key is data (not a recompile) in graphs
+        k0, k1 = k[0], k[1]
     return philox4x32(c0, c1, c2, c3, k0, k1)
 
 
@@ -81,13 +84,19 @@ def philox_uint32_rows(k: torch.Tensor, rows, dim: int) -> torch.Tensor:
 
 def _box_muller(x0, x1, x2, x3, dtype) -> torch.Tensor:
     """Four uint32 lanes (R, nb) -> (R, 4·nb) normals, element 4b + j from lane j."""
-    out = torch.empty(*x0.shape, 4, dtype=torch.float32, device=x0.device)
+    compiling = torch.compiler.is_compiling()
+    out = None if compiling else torch.empty(*x0.shape, 4, dtype=torch.float32, device=x0.device)
+    lanes = []
     for (xu, xv), j in (((x0, x1), 0), ((x2, x3), 2)):
         u = ((xu >> 8) + 1).to(torch.float32).mul_(_TWO_POW_M24)  # (0, 1]
         v = (xv >> 8).to(torch.float32).mul_(_TWO_POW_M24 * 2 * math.pi)  # [0, 2π)
         r = u.log_().mul_(-2.0).sqrt_()
+        if compiling:  # graphs take no out= into strided views; the compiler fuses anyway
+            lanes += [r * torch.cos(v), r * torch.sin(v)]
+            continue
         torch.mul(r, torch.cos(v), out=out[..., j])
         torch.mul(r, v.sin_(), out=out[..., j + 1])
+    out = torch.stack(lanes, -1) if compiling else out
     out = out.reshape(x0.shape[0], -1)
     return out if dtype == torch.float32 else out.to(dtype)
 
@@ -189,6 +198,8 @@ def philox_perturb(
     returns the members only (it never materialises ε).
     """
     eps = philox_normal_rows(k, rows, theta.numel())
+    if torch.compiler.is_compiling():  # graphs: no out= into strided views
+        return _functional_members(theta, eps, sigma, antithetic), eps
     if out is None:
         out = torch.empty(
             rows.numel() * (2 if antithetic else 1),
@@ -202,6 +213,14 @@ def philox_perturb(
     else:
         torch.add(theta, eps, alpha=sigma, out=out)
     return out, eps
+
+
+def _functional_members(theta, eps, sigma, antithetic) -> torch.Tensor:
+    """θ ± σ·ε without out= buffers (the form traced inside torch.compile graphs)."""
+    if not antithetic:
+        return torch.add(theta, eps, alpha=sigma)
+    pair = torch.stack([torch.add(theta, eps, alpha=sigma), torch.sub(theta, eps, alpha=sigma)])
+    return pair.transpose(0, 1).reshape(-1, theta.numel())
 
 
 class PhiloxNoise(NamedTuple):
@@ -246,6 +265,8 @@ class TableNoise(NamedTuple):
 
     def rows(self, k: torch.Tensor, rows: torch.Tensor, dim: int) -> torch.Tensor:
         t = self.table.values
+        if torch.compiler.is_compiling():
+            return self._gather(k, rows, dim)
         offsets = table_offsets(k, rows, dim, t.numel()).tolist()
         # Slice copies run at ~1.8 ns/element here; index_select on an overlapping
         # as_strided view of the table took ~5 ns/element.
@@ -254,6 +275,9 @@ class TableNoise(NamedTuple):
     def perturb(self, k, rows, theta, sigma, antithetic, out):
         """As :meth:`PhiloxNoise.perturb`, one pass per member; returns ``(out, None)``."""
         t = self.table.values
+        if torch.compiler.is_compiling():
+            eps = self._gather(k, rows, theta.numel())
+            return _functional_members(theta, eps, sigma, antithetic), None
         offsets = table_offsets(k, rows, theta.numel(), t.numel()).tolist()
         if out is None:
             m = len(offsets) * (2 if antithetic else 1)
@@ -270,6 +294,8 @@ class TableNoise(NamedTuple):
     def weighted_sum(
         self, k: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor, dim: int
     ) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return weights.float() @ self._gather(k, rows, dim)
         offsets = table_offsets(k, rows, dim, self.table.values.numel()).tolist()
         t = self.table.values
         out = torch.zeros(dim, dtype=torch.float32, device=t.device)
@@ -277,3 +303,10 @@ class TableNoise(NamedTuple):
         for o, w in zip(offsets, weights.tolist()):
             out.add_(t[o : o + dim], alpha=w)
         return out
+
+    def _gather(self, k: torch.Tensor, rows, dim: int) -> torch.Tensor:
+        """(R, dim) rows as one gather with tensor offsets: no host reads, for compiled graphs
+        (eager code uses the slice loops above, which are faster on the CPU)."""
+        t = self.table.values
+        offsets = table_offsets(k, rows, dim, t.numel())
+        return t[offsets[:, None] + torch.arange(dim, device=t.device)]

@@ -39,7 +39,8 @@ METHODS = ("centered_ranks", "nes", "zscore", "raw")
 
 
 class ShapeStats(NamedTuple):
-    """Counts of non-finite fitness values seen while shaping (over all objectives)."""
+    """Counts of non-finite fitness values seen while shaping (over all objectives): ints, or
+    0-dim int64 tensors inside ``torch.compile`` (graphs do not read values back to the host)."""
 
     nan_count: int
     inf_count: int
@@ -58,38 +59,45 @@ def _rank_table(p: int, method: str, dtype, device) -> torch.Tensor:
 
 
 def _rank_weights(f: torch.Tensor, method: str) -> torch.Tensor:
-    """Rank-based weights of one objective (P,), ties averaged, NaN below everything."""
+    """Rank-based weights of one objective (P,), ties averaged, NaN below everything.
+
+    Sync-free (sorts and scatters, no ``unique`` or host reads), so it runs inside
+    ``torch.compile(fullgraph=True)`` graphs and CUDA graphs.
+    """
     p = f.numel()
-    out_dtype = f.dtype
     table = _rank_table(p, method, torch.float64, f.device)  # averaged in float64, cast at the end
     nan = torch.isnan(f)
-    # Group exact ties among the non-NaN values (ascending); NaN members form one extra group
-    # below all of them, so they rank last even against −inf.
-    _, group, counts = torch.unique(f[~nan], sorted=True, return_inverse=True, return_counts=True)
-    n_nan = int(nan.sum())
-    if n_nan:
-        all_groups = torch.zeros(p, dtype=group.dtype, device=f.device)
-        all_groups[~nan] = group + 1
-        group, counts = all_groups, torch.cat([counts.new_tensor([n_nan]), counts])
-    if counts.numel() == 1:
-        return torch.zeros_like(f)  # every member tied: no signal (exactly, not up to rounding)
-    starts = torch.cumsum(counts, 0) - counts  # first sorted position of each group
-    # Mean of the table over each group's positions, via a cumulative sum.
-    csum = torch.cat([table.new_zeros(1), torch.cumsum(table, 0)])
-    group_mean = (csum[starts + counts] - csum[starts]) / counts.to(table.dtype)
-    return group_mean[group].to(out_dtype)
+    # Ascending order with NaN below everything (even −inf): two stable sorts = a lexsort on
+    # (not NaN, value).
+    key = torch.where(nan, -math.inf, f)
+    order = torch.sort(key, stable=True).indices
+    order = order[torch.sort((~nan[order]).to(torch.int8), stable=True).indices]
+    s, s_nan = key[order], nan[order]
+    # Exact ties (same value, same NaN-ness) share a group; each position gets its group's
+    # mean table weight.
+    new_group = torch.ones(p, dtype=torch.bool, device=f.device)
+    new_group[1:] = (s[1:] != s[:-1]) | (s_nan[1:] != s_nan[:-1])
+    group = torch.cumsum(new_group, 0) - 1
+    sums = torch.zeros(p, dtype=table.dtype, device=f.device).scatter_add_(0, group, table)
+    counts = torch.zeros(p, dtype=table.dtype, device=f.device).scatter_add_(
+        0, group, torch.ones_like(table)
+    )
+    weights = torch.empty_like(table).scatter_(0, order, sums[group] / counts[group])
+    # Every member tied: no signal — exactly 0, not the table's mean up to rounding.
+    return torch.where(group[-1] == 0, 0.0, weights).to(f.dtype)
 
 
 def _value_weights(f: torch.Tensor, method: str) -> torch.Tensor:
+    """z-score / raw weights; NaN → the lowest finite value, ±inf clamped (sync-free)."""
     finite = torch.isfinite(f)
-    if not bool(finite.any()):
-        return torch.zeros_like(f)  # all ±inf/NaN mixtures without a finite anchor: no signal
-    lo, hi = f[finite].min(), f[finite].max()
+    lo = torch.where(finite, f, math.inf).min()
+    hi = torch.where(finite, f, -math.inf).max()
     g = torch.where(torch.isnan(f), lo, f).clamp(lo, hi)
-    if method == "raw":
-        return g
-    std = g.std(unbiased=False)
-    return torch.zeros_like(g) if float(std) == 0.0 else (g - g.mean()) / std
+    if method == "zscore":
+        std = g.std(unbiased=False)
+        g = torch.where(std == 0, 0.0, (g - g.mean()) / std)
+    # No finite anchor (all ±inf/NaN mixtures): no signal.
+    return torch.where(finite.any(), g, 0.0)
 
 
 def shape_fitness(
@@ -129,7 +137,8 @@ def shape_fitness(
         ow = torch.full((K,), 1.0 / K, dtype=f.dtype, device=f.device)
     else:
         ow = torch.as_tensor(objective_weights, dtype=f.dtype, device=f.device).reshape(-1)
-        if ow.numel() != K or not bool(torch.isfinite(ow).all()):
+        finite = torch.compiler.is_compiling() or bool(torch.isfinite(ow).all())
+        if ow.numel() != K or not finite:
             raise ValueError(
                 f"objective_weights must be {K} finite numbers, one per objective (fitness has "
                 f"shape {tuple(fitness.shape)}); got {objective_weights!r}"
@@ -137,14 +146,19 @@ def shape_fitness(
     if minimize:
         f = -f
     nan = torch.isnan(f)
-    all_nan = nan.all(dim=0)
-    if bool(all_nan.any()):
-        cols = all_nan.nonzero().flatten().tolist()
-        raise ValueError(
-            f"fitness is NaN for every member of the population (objective column(s) {cols}); "
-            "check the fitness function"
-        )
-    stats = ShapeStats(int(nan.sum()), int(torch.isinf(f).sum()))
+    if torch.compiler.is_compiling():
+        # No host reads inside a graph: counts stay 0-dim tensors, and an all-NaN objective
+        # cannot raise — it shapes to zero weights (no update) instead.
+        stats = ShapeStats(nan.sum(), torch.isinf(f).sum())
+    else:
+        all_nan = nan.all(dim=0)
+        if bool(all_nan.any()):
+            cols = all_nan.nonzero().flatten().tolist()
+            raise ValueError(
+                f"fitness is NaN for every member of the population (objective column(s) "
+                f"{cols}); check the fitness function"
+            )
+        stats = ShapeStats(int(nan.sum()), int(torch.isinf(f).sum()))
     shape_one = _rank_weights if method in ("centered_ranks", "nes") else _value_weights
     shaped = torch.stack([shape_one(f[:, j], method) for j in range(K)], dim=1)  # (P, K)
     return shaped @ ow, stats

@@ -246,3 +246,43 @@ def test_minimize_and_weight_decay():
     c = fastes.es_step(p, sphere, fastes.key(4), weight_decay=0.5, **kw)
     # Values are ~2 and each side rounds twice more than the other: within 2 ulps(2) = 2^-21.
     torch.testing.assert_close(c["x"], b["x"] - 0.05 * 0.5 * p["x"], rtol=0, atol=2**-21)
+
+
+@pytest.mark.parametrize("noise", ["auto", "philox", "table"])
+def test_es_step_compiles_fullgraph_without_recompiling_on_a_new_key(noise, compile_counter):
+    # es_step has no host reads on its traced path (sync-free shaping, tensor keys, gather-based
+    # table rows), so Dynamo captures one graph; a new key is data, not a recompile. The counting
+    # backend runs the graph eagerly (Inductor's C++ build takes minutes on this CPU). "auto"
+    # picks Philox under compile; the table path needs a prebuilt table.
+    backend, graphs = compile_counter
+    src = fastes.noise_table(size=2**12) if noise == "table" else noise
+    params = {"w": torch.randn(6, 5, generator=torch.Generator().manual_seed(0)),
+              "b": torch.zeros(5, dtype=torch.float64)}  # fmt: skip
+    fit = lambda p: -(p["w"] ** 2).sum() - (p["b"] ** 2).sum().float()
+    kw = dict(population_size=8, sigma=0.1, learning_rate=0.05, noise=src)
+    step = torch.compile(
+        lambda p, k: fastes.es_step(p, fit, k, **kw), backend=backend, fullgraph=True
+    )
+    eager_noise = "philox" if noise == "auto" else src
+    p_c, p_e = params, params
+    for t in range(3):
+        p_c = step(p_c, fastes.key(t))
+        p_e = fastes.es_step(p_e, fit, fastes.key(t), **{**kw, "noise": eager_noise})
+        # Philox: the traced path does the same float operations as the eager one (stacked
+        # Box-Muller lanes instead of out= writes): equal bit for bit. Table: the traced
+        # reduction is one matmul over R = 4 rows instead of 4 sequential axpys, so float32
+        # rounding differs by at most R·2^-24·Σ|w_r|·max|ε| per element (Σ|w_r| ≤ 4 for paired
+        # centered ranks, |ε| ≤ 6 in a 4096-entry table), times lr/(Pσ), accumulated over t+1
+        # steps.
+        bound = (t + 1) * 0.05 / (8 * 0.1) * 4 * 2**-24 * 4 * 6
+        for k in params:
+            if noise == "table":
+                assert (p_c[k] - p_e[k]).abs().max() <= bound, (t, k)
+            else:
+                assert torch.equal(p_c[k], p_e[k]), (t, k)
+            assert p_c[k].dtype == params[k].dtype
+    assert len(graphs) == 1
+    if noise == "table":
+        with pytest.raises(Exception, match="noise='table' inside torch.compile"):
+            torch.compile(lambda p, k: fastes.es_step(p, fit, k, **{**kw, "noise": "table"}),
+                          backend=backend, fullgraph=True)(params, fastes.key(0))  # fmt: skip
