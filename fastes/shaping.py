@@ -46,8 +46,22 @@ class ShapeStats(NamedTuple):
     inf_count: int
 
 
+_TABLES: dict[tuple, torch.Tensor] = {}  # eager-mode memo: the table depends on (p, method)
+
+
 def _rank_table(p: int, method: str, dtype, device) -> torch.Tensor:
     """Weight of the member at ascending sorted position 0..p-1 (0 = worst)."""
+    if torch.compiler.is_compiling():  # constant-folded by the compiler; no memo in graphs
+        return _make_rank_table(p, method, dtype, device)
+    k = (p, method, dtype, str(device))
+    if k not in _TABLES:
+        if len(_TABLES) > 64:
+            _TABLES.clear()
+        _TABLES[k] = _make_rank_table(p, method, dtype, device)
+    return _TABLES[k]
+
+
+def _make_rank_table(p: int, method: str, dtype, device) -> torch.Tensor:
     pos = torch.arange(p, dtype=torch.float64, device=device)
     if method == "centered_ranks":
         table = pos / max(p - 1, 1) - 0.5 if p > 1 else torch.zeros(1, dtype=torch.float64)
@@ -67,16 +81,13 @@ def _rank_weights(f: torch.Tensor, method: str) -> torch.Tensor:
     p = f.numel()
     table = _rank_table(p, method, torch.float64, f.device)  # averaged in float64, cast at the end
     nan = torch.isnan(f)
-    # Ascending order with NaN below everything (even −inf): two stable sorts = a lexsort on
-    # (not NaN, value).
-    key = torch.where(nan, -math.inf, f)
-    order = torch.sort(key, stable=True).indices
-    order = order[torch.sort((~nan[order]).to(torch.int8), stable=True).indices]
-    s, s_nan = key[order], nan[order]
-    # Exact ties (same value, same NaN-ness) share a group; each position gets its group's
-    # mean table weight.
+    # Ascending order with NaN below everything (even −inf): torch.sort puts NaN last, so sort
+    # −f ascending and flip. (The order within a tie group is irrelevant: ties are averaged.)
+    order = torch.sort(-f).indices.flip(0)
+    s, s_nan = f[order], nan[order]
+    # Exact ties share a group (all NaNs form one); each position gets its group's mean weight.
     new_group = torch.ones(p, dtype=torch.bool, device=f.device)
-    new_group[1:] = (s[1:] != s[:-1]) | (s_nan[1:] != s_nan[:-1])
+    new_group[1:] = (s[1:] != s[:-1]) & ~(s_nan[1:] & s_nan[:-1])
     group = torch.cumsum(new_group, 0) - 1
     sums = torch.zeros(p, dtype=table.dtype, device=f.device).scatter_add_(0, group, table)
     counts = torch.zeros(p, dtype=table.dtype, device=f.device).scatter_add_(
