@@ -109,3 +109,17 @@ class _Env:  # a Box action space with per-dimension bounds
     action_space = (
         gymnasium.spaces.Box(-np.arange(1.0, 3.0), np.arange(1.0, 3.0)) if gymnasium else None
     )
+
+
+def test_gym_task_continuous_mujoco_env():
+    # A MuJoCo env with a Box action space: the default policy squashes into its bounds (±3).
+    pytest.importorskip("mujoco")
+    from fastes.rl.gym import GymTask
+
+    task = GymTask("InvertedPendulum-v5", hidden=(8,), episodes=1, workers=0, eval_episodes=2)
+    assert (task.policy.discrete, task.policy.low, task.policy.high) == (False, -3.0, 3.0)
+    params = task.init_params(fastes.key(0))
+    stacked = {k: torch.stack([v, v + 0.1]) for k, v in params.items()}
+    f = task.fitness(stacked, fastes.key(1))
+    assert f.shape == (2,) and bool(torch.isfinite(f).all()) and bool((f >= 1).all())
+    assert task.evaluate(params, fastes.key(2))["eval_length"] >= 1
