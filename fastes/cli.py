@@ -105,13 +105,11 @@ def build(config: dict):
         )
     accepted = inspect.signature(cls.__init__).parameters
     kwargs = dict(population_size=config["population"], mode=task.mode)
-    sigma = _schedule(config["sigma"], config["sigma_decay"])
-    lr = _schedule(config["lr"], config["lr_decay"])
     if "sigma" in accepted:
-        kwargs["sigma"] = sigma if config["sigma_decay"] != 1.0 else config["sigma"]
+        kwargs["sigma"] = _schedule(config["sigma"], config["sigma_decay"])
     for lr_name in ("learning_rate", "center_learning_rate"):
         if lr_name in accepted:
-            kwargs[lr_name] = lr if config["lr_decay"] != 1.0 else config["lr"]
+            kwargs[lr_name] = _schedule(config["lr"], config["lr_decay"])
             break
     strategy = cls(params, **kwargs)
     return task, strategy, params

@@ -6,8 +6,9 @@ the largest max(r⁺_j, r⁻_j) update the policy (V1-t when b < N, V1 when b = 
     θ ← θ + α / (b·σ_R) · Σ_{top b} (r⁺_j − r⁻_j)·δ_j,     σ_R = std of those 2b rewards.
 
 V2 adds observation normalisation: the state carries running mean / variance of the states the
-policy saw (:meth:`ARS.observe` feeds them, Welford-style and batched) and :meth:`ARS.normalize`
-applies them in the policy — the hook between this strategy and the user's rollouts.
+policy saw (:meth:`ARS.observe` feeds them, merged as in :mod:`fastes.rl.normalization`) and
+:meth:`ARS.normalize` applies them in the policy — the hook between this strategy and the user's
+rollouts.
 Rewards are used raw (no ranking); non-finite rewards follow fastes.shaping's "raw" policy.
 """
 
@@ -18,6 +19,7 @@ from typing import NamedTuple
 import torch
 
 from ..es import _positive_int
+from ..rl import normalization as nz
 from ..schedules import resolve
 from ..shaping import shape_fitness
 from .base import Strategy
@@ -94,21 +96,18 @@ class ARS(Strategy):
     def observe(self, state: ARSState, observations: torch.Tensor) -> ARSState:
         """Fold a batch of observed states (N, obs_dim) into the running mean / variance."""
         obs = torch.as_tensor(observations, dtype=torch.float64).reshape(-1, self.obs_dim)
-        n_b = obs.shape[0]
-        if n_b == 0:
+        if obs.shape[0] == 0:
             return state
-        mean_b = obs.mean(0)
-        m2_b = ((obs - mean_b) ** 2).sum(0)
-        n = state.obs_count
-        total = n + n_b
-        delta = mean_b - state.obs_mean
-        mean = state.obs_mean + delta * n_b / total
-        m2 = state.obs_m2 + m2_b + delta**2 * n * n_b / total
-        return state._replace(obs_count=total, obs_mean=mean, obs_m2=m2)
+        norm = nz.merge(_norm(state), nz.moments(obs))
+        return state._replace(obs_count=norm.count, obs_mean=norm.mean, obs_m2=norm.m2)
 
     def normalize(self, state: ARSState, observations: torch.Tensor) -> torch.Tensor:
         """(obs − mean) / std with the running statistics (identity before any observation)."""
         if float(state.obs_count) < 2:
             return observations
-        std = (state.obs_m2 / state.obs_count).sqrt().clamp_min(1e-8)
-        return (observations - state.obs_mean.to(observations)) / std.to(observations)
+        mean, std = nz.mean_std(_norm(state))
+        return (observations - mean.to(observations)) / std.to(observations)
+
+
+def _norm(state: ARSState) -> nz.RunningNorm:
+    return nz.RunningNorm(state.obs_count, state.obs_mean, state.obs_m2)
