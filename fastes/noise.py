@@ -32,7 +32,7 @@ from typing import NamedTuple
 import torch
 
 from . import _dispatch
-from .prng import MASK32, TAG_OFFSET, check_key, philox4x32
+from .prng import MASK32, TAG_OFFSET, check_key, key_words, philox4x32
 from .prng import key as make_key
 
 __all__ = [
@@ -66,11 +66,7 @@ def _philox_words(k: torch.Tensor, rows: torch.Tensor, b0: int, nb: int):
     c1 = (blocks >> 32).expand(rows.numel(), nb)
     c2 = (rows & MASK32)[:, None].expand(-1, nb)
     c3 = (rows >> 32)[:, None].expand(-1, nb)
-    if k.device.type == "cpu" and not torch.compiler.is_compiling():
-        k0, k1 = (int(w) for w in k.tolist())  # python ints: cheaper scalar ops in eager
-    else:  # tensors: no host sync on GPUs, and a new key is data (not a recompile) in graphs
-        k0, k1 = k[0], k[1]
-    return philox4x32(c0, c1, c2, c3, k0, k1)
+    return philox4x32(c0, c1, c2, c3, *key_words(k))
 
 
 def philox_uint32_rows(k: torch.Tensor, rows, dim: int) -> torch.Tensor:
@@ -161,8 +157,7 @@ def table_offsets(k: torch.Tensor, rows, dim: int, table_size: int) -> torch.Ten
     if span < 1:
         raise ValueError(f"dim must be <= the noise table size {table_size}; got dim={dim}")
     zero = torch.zeros_like(rows)
-    k0, k1 = k[0], k[1]
-    w0, w1, _, _ = philox4x32(rows & MASK32, rows >> 32, zero, zero + TAG_OFFSET, k0, k1)
+    w0, w1, _, _ = philox4x32(rows & MASK32, rows >> 32, zero, zero + TAG_OFFSET, *key_words(k))
     # 62 random bits mod span: the modulo bias is below span / 2^62, i.e. negligible.
     return (((w1 & 0x3FFFFFFF) << 32) | w0) % span
 
@@ -258,6 +253,24 @@ class PhiloxNoise(NamedTuple):
         return philox_perturb(k, rows, theta, sigma, antithetic, out)
 
 
+_LAST_OFFSETS: list = []  # [(key words, dim, size), rows, offsets]: the last eager lookup
+
+
+def _offsets_list(k: torch.Tensor, rows, dim: int, size: int) -> list[int]:
+    """``table_offsets(...).tolist()``, remembering the last call: one ES step asks for the same
+    rows twice (members, then the gradient), and at small D the Philox call on a handful of
+    rows (~0.25 ms of tiny tensor ops here) was a quarter of the whole step. A pure function's
+    result is reused only for identical inputs."""
+    rows = _as_rows(rows, k.device)
+    tag = (tuple(k.tolist()), dim, size)
+    if _LAST_OFFSETS and _LAST_OFFSETS[0] == tag and _LAST_OFFSETS[1].shape == rows.shape:
+        if torch.equal(_LAST_OFFSETS[1], rows):
+            return _LAST_OFFSETS[2]
+    offsets = table_offsets(k, rows, dim, size).tolist()
+    _LAST_OFFSETS[:] = [tag, rows.clone(), offsets]
+    return offsets
+
+
 class TableNoise(NamedTuple):
     """Noise read from a shared table: row r is ``table[o_r : o_r + dim]``."""
 
@@ -267,7 +280,7 @@ class TableNoise(NamedTuple):
         t = self.table.values
         if torch.compiler.is_compiling():
             return self._gather(k, rows, dim)
-        offsets = table_offsets(k, rows, dim, t.numel()).tolist()
+        offsets = _offsets_list(k, rows, dim, t.numel())
         # Slice copies run at ~1.8 ns/element here; index_select on an overlapping
         # as_strided view of the table took ~5 ns/element.
         return torch.stack([t[o : o + dim] for o in offsets])
@@ -278,7 +291,7 @@ class TableNoise(NamedTuple):
         if torch.compiler.is_compiling():
             eps = self._gather(k, rows, theta.numel())
             return _functional_members(theta, eps, sigma, antithetic), None
-        offsets = table_offsets(k, rows, theta.numel(), t.numel()).tolist()
+        offsets = _offsets_list(k, rows, theta.numel(), t.numel())
         if out is None:
             m = len(offsets) * (2 if antithetic else 1)
             out = torch.empty(m, theta.numel(), dtype=theta.dtype, device=theta.device)
@@ -296,7 +309,7 @@ class TableNoise(NamedTuple):
     ) -> torch.Tensor:
         if torch.compiler.is_compiling():
             return weights.float() @ self._gather(k, rows, dim)
-        offsets = table_offsets(k, rows, dim, self.table.values.numel()).tolist()
+        offsets = _offsets_list(k, rows, dim, self.table.values.numel())
         t = self.table.values
         out = torch.zeros(dim, dtype=torch.float32, device=t.device)
         # One fused multiply-add per row over a table slice: no (R, dim) gather is made.
