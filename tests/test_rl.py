@@ -123,3 +123,50 @@ def test_gym_task_continuous_mujoco_env():
     f = task.fitness(stacked, fastes.key(1))
     assert f.shape == (2,) and bool(torch.isfinite(f).all()) and bool((f >= 1).all())
     assert task.evaluate(params, fastes.key(2))["eval_length"] >= 1
+
+
+def test_gym_workers_exit_when_the_training_process_is_killed(tmp_path):
+    pytest.importorskip("gymnasium")
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import fastes, torch\n"
+        "from fastes.rl.gym import GymTask\n"
+        "if __name__ == '__main__':\n"
+        "    t = GymTask('CartPole-v1', hidden=(4,), workers=2)\n"
+        "    p = {k: v[None].repeat(4, *[1] * v.dim()) for k, v in "
+        "t.init_params(fastes.key(0)).items()}\n"
+        "    t.fitness(p, fastes.key(1))\n"
+        "    print(*t._pool._processes, flush=True)\n"
+        "    import time; time.sleep(60)\n"
+    )
+    script = tmp_path / "run.py"
+    script.write_text(code)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})  # fmt: skip
+    pids = [int(x) for x in proc.stdout.readline().split()]
+    assert len(pids) == 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in pids if _alive(p)]
+    assert not alive, f"workers {alive} outlived their killed parent"
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by init) counts as gone.
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().split(") ")[1][0] != "Z"

@@ -82,6 +82,20 @@ def _run(args):
     return run_episodes(*args)
 
 
+def _watch_parent(parent_pid: int) -> None:
+    """Worker initializer: exit when the parent dies (a SIGKILLed training run must not leave
+    its workers running; they would otherwise wait on their queue forever)."""
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 class GymTask(RLTaskMixin):
     """A population of :class:`MLPPolicy` policies on gymnasium env ``env_id``.
 
@@ -130,7 +144,9 @@ class GymTask(RLTaskMixin):
             return [_run(j) for j in jobs]
         if self._pool is None:
             ctx = multiprocessing.get_context(self.start_method)
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=ctx, initializer=_watch_parent, initargs=(os.getpid(),)
+            )
         chunk = max(1, math.ceil(len(jobs) / (4 * self.workers)))
         return list(self._pool.map(_run, jobs, chunksize=chunk))
 
