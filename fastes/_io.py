@@ -19,6 +19,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], mode: str 
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600; give it the mode a plain open() would (0666 - umask).
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as fh:
             write(fh)
             fh.flush()
@@ -28,6 +30,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], mode: str 
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

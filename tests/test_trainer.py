@@ -149,3 +149,11 @@ def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(ValueError, match="not a fastes Trainer checkpoint"):
         torch.save({"x": 1}, tmp_path / "junk.pt")
         load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_atomic_write_gives_files_the_usual_permissions(tmp_path):
+    path = tmp_path / "out.csv"
+    atomic_write(path, lambda fh: fh.write("a,b\n"), mode="w")
+    old = os.umask(0o022)
+    os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~old  # not mkstemp's 0600
