@@ -70,3 +70,16 @@ def test_errors_and_module_entry_point(tmp_path):
     out = subprocess.run([sys.executable, "-m", "fastes", "--help"], capture_output=True,
                          text=True, check=True)  # fmt: skip
     assert "train" in out.stdout and "resume" in out.stdout
+
+
+@pytest.mark.parametrize("strategy", ["pgpe", "snes", "sep_cma_es", "cma_es", "ars", "cem"])
+def test_train_with_other_strategies(strategy, tmp_path, capsys):
+    # --sigma / --lr map onto each strategy's own hyperparameters (sigma, learning_rate or
+    # center_learning_rate) where it has them.
+    run = tmp_path / strategy
+    args = ["train", "cartpole", "--strategy", strategy, "--generations", "2", "--population",
+            "16", "--episodes", "1", "--eval-every", "1", "--eval-episodes", "2", "--run-dir",
+            str(run), "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    assert main(["resume", str(run), "--generations", "3", "--no-progress"]) == 0
+    assert load_checkpoint(run / "checkpoint.pt")["strategy"] == strategy
