@@ -194,10 +194,9 @@ class GymTask(RLTaskMixin):
             for s in self.seeds(key, self.eval_episodes)
         ]
         results = self._map(jobs)
-        r = np.concatenate([x[0] for x in results])
-        lengths = np.concatenate([x[1] for x in results])
-        return {"score": float(r.mean()), "score_std": float(r.std()),
-                "eval_length": float(lengths.mean())}  # fmt: skip
+        return self._eval_summary(
+            np.concatenate([x[0] for x in results]), np.concatenate([x[1] for x in results])
+        )
 
 
 def _policy_for(env, hidden: tuple[int, ...], gym) -> MLPPolicy:

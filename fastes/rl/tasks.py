@@ -91,6 +91,14 @@ class RLTaskMixin:
         self._gen_lengths = []
         return {"episode_length": float(lengths.mean()), "env_steps": self.env_steps}
 
+    @staticmethod
+    def _eval_summary(returns: torch.Tensor, lengths: torch.Tensor) -> dict:
+        """What ``evaluate`` reports: mean return (the score), its population std, mean length."""
+        r = torch.as_tensor(returns, dtype=torch.float64)
+        n = torch.as_tensor(lengths, dtype=torch.float64)
+        return {"score": float(r.mean()), "score_std": float(r.std(unbiased=False)),
+                "eval_length": float(n.mean())}  # fmt: skip
+
     def state_dict(self) -> dict:
         return {"norm": list(self.norm), "env_steps": self.env_steps}
 
@@ -151,9 +159,7 @@ class EnvTask(RLTaskMixin):
         """The unperturbed policy on ``eval_episodes`` episodes: score = mean return."""
         one = {k: v[None] for k, v in params.items()}
         out = self._rollout(one, key, 1, self.eval_episodes)
-        r = out.returns[0]
-        return {"score": float(r.mean()), "score_std": float(r.std(unbiased=False)),
-                "eval_length": float(out.lengths.double().mean())}  # fmt: skip
+        return self._eval_summary(out.returns[0], out.lengths)
 
 
 def default_policy(env, hidden: tuple[int, ...]) -> MLPPolicy:

@@ -102,9 +102,8 @@ class ARS(Strategy):
         return state._replace(obs_count=norm.count, obs_mean=norm.mean, obs_m2=norm.m2)
 
     def normalize(self, state: ARSState, observations: torch.Tensor) -> torch.Tensor:
-        """(obs − mean) / std with the running statistics (identity before any observation)."""
-        if float(state.obs_count) < 2:
-            return observations
+        """(obs − mean) / std with the running statistics (identity before two observations:
+        :func:`fastes.rl.normalization.mean_std` is (0, 1) then)."""
         mean, std = nz.mean_std(_norm(state))
         return (observations - mean.to(observations)) / std.to(observations)
 
