@@ -4,7 +4,10 @@ The core is one pure step, ``params = fastes.es_step(params, fitness_fn, key, ..
 public pieces: keys (:mod:`fastes.prng`), counter-based noise (:mod:`fastes.noise`), pytrees
 (:mod:`fastes.tree`), population evaluation (:mod:`fastes.evaluate`), fitness shaping
 (:mod:`fastes.shaping`), the gradient estimate (:mod:`fastes.es`) and optimizers
-(:mod:`fastes.optim`). Fitness is maximized everywhere.
+(:mod:`fastes.optim`). Fitness is maximized everywhere (``minimize=True`` says otherwise).
+
+Above the core: strategies (:mod:`fastes.strategies`), the task protocol (:mod:`fastes.tasks`),
+RL (:mod:`fastes.envs`, :mod:`fastes.rl`) and the :class:`Trainer` with its CLI.
 
 Importing fastes does not import triton, initialise CUDA or change torch settings.
 """
@@ -21,6 +24,7 @@ from . import (
     schedules,
     shaping,
     strategies,
+    tasks,
     tree,
 )
 from .es import FitnessStats, es_step, estimate_grad
@@ -63,5 +67,6 @@ __all__ = [
     "shaping",
     "split",
     "strategies",
+    "tasks",
     "tree",
 ]

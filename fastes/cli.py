@@ -26,9 +26,9 @@ from . import envs, schedules, strategies
 from ._io import write_json
 from .prng import fold_in, key
 from .rl.tasks import EnvTask
-from .trainer import Trainer, load_checkpoint
+from .trainer import CheckpointError, Trainer, load_checkpoint
 
-__all__ = ["main", "PRESETS", "build"]
+__all__ = ["FLAGS", "PRESETS", "build", "check_flags", "knobs", "main"]
 
 _COMMON = dict(
     strategy="openai_es", generations=200, population=64, sigma=0.1, lr=0.05, sigma_decay=1.0,
@@ -81,6 +81,73 @@ def _hidden(text: str) -> tuple[int, ...]:
     return tuple(int(h) for h in str(text).split(",") if h.strip())
 
 
+# What the generic flags set for each strategy: (keyword, takes a schedule). --sigma sets the
+# initial σ; --sigma-decay / --lr-decay need a keyword that takes a schedule (strategies that adapt
+# σ themselves take none). None: the strategy has no learning rate, and --lr is an error.
+FLAGS: dict[str, dict[str, tuple[str, bool] | None]] = {
+    "openai_es": {"sigma": ("sigma", True), "lr": ("learning_rate", True)},
+    "ars": {"sigma": ("sigma", True), "lr": ("learning_rate", True)},
+    "pgpe": {"sigma": ("sigma", False), "lr": ("center_learning_rate", True)},
+    "snes": {"sigma": ("sigma", False), "lr": ("mean_learning_rate", True)},
+    "xnes": {"sigma": ("sigma", False), "lr": ("mean_learning_rate", True)},
+    "cma_es": {"sigma": ("sigma", False), "lr": None},
+    "sep_cma_es": {"sigma": ("sigma", False), "lr": None},
+    "ipop_cma_es": {"sigma": ("sigma", False), "lr": None},
+    "cem": {"sigma": ("sigma", False), "lr": None},
+}
+# Keywords the CLI sets itself (flags or the task); --set may not override them.
+_RESERVED = {"params", "population_size", "mode", "self", "sigma", "learning_rate",
+             "center_learning_rate", "mean_learning_rate"}  # fmt: skip
+_BASE_KNOBS = ("minimize", "objective_weights", "chunk_size", "noise")
+
+
+def _strategy_cls(name: str):
+    cls = strategies.REGISTRY.get(name)
+    if cls is None:
+        raise SystemExit(f"unknown strategy {name!r}; one of {sorted(strategies.REGISTRY)}")
+    return cls
+
+
+def knobs(name: str) -> list[str]:
+    """The strategy-specific keywords ``--set NAME=VALUE`` accepts for strategy ``name``."""
+    cls = _strategy_cls(name)
+    own = [
+        p.name for p in inspect.signature(cls.__init__).parameters.values()
+        if p.kind is p.KEYWORD_ONLY and p.name not in _RESERVED
+    ]  # fmt: skip
+    return sorted({*own, *_BASE_KNOBS})
+
+
+def check_flags(config: dict, given: set[str]) -> dict:
+    """Check that every flag the user gave applies to the configured strategy; return the config
+    with the settings that do not apply removed (config.json records only what takes effect)."""
+    name = config["strategy"]
+    _strategy_cls(name)
+    flags = FLAGS[name]
+    config = dict(config)
+    if flags["lr"] is None:
+        for flag in ("lr", "lr_decay"):
+            if flag in given:
+                raise SystemExit(
+                    f"--{flag.replace('_', '-')} does not apply to {name}: it has no learning "
+                    f"rate (its knobs: --sigma and --set NAME=VALUE with NAME in {knobs(name)})"
+                )
+            config[flag] = None
+    for flag in ("sigma", "lr"):
+        target = flags[flag]
+        decay = config.get(f"{flag}_decay")
+        if target is not None and not target[1] and decay not in (None, 1.0):
+            takers = sorted(n for n, f in FLAGS.items() if f[flag] and f[flag][1])
+            raise SystemExit(
+                f"--{flag}-decay does not apply to {name}, which adapts its {flag} itself; "
+                f"it applies to {takers}"
+            )
+    unknown = sorted(set(config.get("strategy_args") or {}) - set(knobs(name)))
+    if unknown:
+        raise SystemExit(f"--set {unknown} are not settings of {name}; it takes {knobs(name)}")
+    return config
+
+
 def build(config: dict):
     """(task, strategy, params) for a run config (the JSON in a run directory)."""
     name = config["task"]
@@ -98,25 +165,26 @@ def build(config: dict):
             normalize_obs=config["normalize_obs"], eval_episodes=config["eval_episodes"],
         )  # fmt: skip
     params = task.init_params(key(config["seed"] + 1))
-    cls = strategies.REGISTRY.get(config["strategy"])
-    if cls is None:
-        raise SystemExit(
-            f"unknown strategy {config['strategy']!r}; one of {sorted(strategies.REGISTRY)}"
-        )
-    accepted = inspect.signature(cls.__init__).parameters
+    strategy_name = config["strategy"]
+    cls, flags = _strategy_cls(strategy_name), FLAGS[strategy_name]
     kwargs = dict(population_size=config["population"], mode=task.mode)
-    if "sigma" in accepted:
-        kwargs["sigma"] = _schedule(config["sigma"], config["sigma_decay"])
-    for lr_name in ("learning_rate", "center_learning_rate"):
-        if lr_name in accepted:
-            kwargs[lr_name] = _schedule(config["lr"], config["lr_decay"])
-            break
-    strategy = cls(params, **kwargs)
+    sigma_kw, sigma_schedule = flags["sigma"]
+    kwargs[sigma_kw] = _schedule(config["sigma"], config["sigma_decay"] if sigma_schedule else 1)
+    if flags["lr"] is not None:
+        kwargs[flags["lr"][0]] = _schedule(config["lr"], config["lr_decay"])
+    elif config.get("lr") is not None:
+        raise SystemExit(f"config sets lr={config['lr']} but {strategy_name} has no learning rate")
+    kwargs.update(config.get("strategy_args") or {})
+    try:
+        strategy = cls(params, **kwargs)
+    except (TypeError, ValueError) as e:
+        getattr(task, "close", lambda: None)()
+        raise SystemExit(f"strategy {strategy_name}: {e}") from None
     return task, strategy, params
 
 
-def _schedule(value: float, decay: float):
-    return schedules.exponential_decay(value, decay) if decay != 1.0 else value
+def _schedule(value: float, decay: float | None):
+    return schedules.exponential_decay(value, decay) if decay not in (None, 1.0) else value
 
 
 def _trainer(config: dict, run_dir: str, progress: bool) -> Trainer:
@@ -130,24 +198,39 @@ def _trainer(config: dict, run_dir: str, progress: bool) -> Trainer:
     )  # fmt: skip
 
 
+def _parse_set(items: list[str] | None) -> dict:
+    """``--set NAME=VALUE`` items as a dict; VALUE is JSON (numbers, true/false, lists) or text."""
+    out = {}
+    for item in items or []:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise SystemExit(f"--set takes NAME=VALUE (e.g. --set top_directions=8); got {item!r}")
+        try:
+            out[name.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            out[name.strip()] = text
+    return out
+
+
 def _train(args) -> int:
     config = preset(args.task)
-    for k, v in vars(args).items():
-        if k in config and v is not None:
-            config[k] = v
-    config.update(task=args.task, tensorboard=args.tensorboard, plot=args.plot)
+    given = {k for k, v in vars(args).items() if k in config and v is not None}
+    config.update({k: getattr(args, k) for k in given})
+    config.update(task=args.task, tensorboard=args.tensorboard, plot=args.plot,
+                  strategy_args=_parse_set(args.set))  # fmt: skip
+    config = check_flags(config, given)
     run_dir = args.run_dir or os.path.join(
         "runs", f"{args.task.replace(':', '_')}-{config['seed']}"
     )
     if os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
         raise SystemExit(f"{run_dir} already holds a run: `fastes resume {run_dir}` continues it")
+    trainer = _trainer(config, run_dir, progress=not args.no_progress)  # validates everything
     write_json(os.path.join(run_dir, "config.json"), config)
-    return _run(config, run_dir, args.no_progress, resume=False)
+    return _run(trainer, run_dir, resume=False)
 
 
-def _run(config, run_dir, no_progress, resume) -> int:
+def _run(trainer: Trainer, run_dir: str, resume: bool) -> int:
     torch.manual_seed(0)  # nothing should use the global RNG; make any slip reproducible
-    trainer = _trainer(config, run_dir, progress=not no_progress)
     try:
         result = trainer.run(resume=resume)
     finally:
@@ -157,36 +240,67 @@ def _run(config, run_dir, no_progress, resume) -> int:
     return 0
 
 
+_CONFIG_KEYS = ("task", "strategy", "generations", "population", "sigma", "sigma_decay", "hidden",
+                "episodes", "normalize_obs", "eval_every", "eval_episodes", "seed", "goal",
+                "goal_count", "checkpoint_every")  # fmt: skip
+
+
 def _load_config(run_dir: str) -> dict:
     path = os.path.join(run_dir, "config.json")
     if not os.path.exists(path):
         raise SystemExit(f"{run_dir} is not a fastes run directory (no config.json)")
-    with open(path) as fh:
-        return json.load(fh)
+    try:
+        with open(path) as fh:
+            config = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SystemExit(f"{path} is not valid JSON ({e}); the run directory is damaged") from None
+    if not isinstance(config, dict):
+        raise SystemExit(f"{path} must hold a JSON object of settings; got {type(config).__name__}")
+    missing = [k for k in _CONFIG_KEYS if k not in config]
+    if missing:
+        raise SystemExit(f"{path} lacks the settings {missing}; the run directory is damaged")
+    return config
+
+
+def _checkpoint_path(run_dir: str) -> str:
+    path = os.path.join(run_dir, "checkpoint.pt")
+    if not os.path.exists(path):
+        raise SystemExit(
+            f"{path} does not exist: {run_dir} has no checkpoint to continue from (a run writes "
+            "one every --checkpoint-every generations); nothing was changed"
+        )
+    return path
 
 
 def _resume(args) -> int:
     config = _load_config(args.run_dir)
+    load_checkpoint(_checkpoint_path(args.run_dir))  # a clear error before anything changes
     if args.generations is not None:
         config["generations"] = args.generations
+    trainer = _trainer(config, args.run_dir, progress=not args.no_progress)
+    if args.generations is not None:
         write_json(os.path.join(args.run_dir, "config.json"), config)
-    return _run(config, args.run_dir, args.no_progress, resume=True)
+    return _run(trainer, args.run_dir, resume=True)
 
 
 def _eval(args) -> int:
     config = _load_config(args.run_dir)
     config["eval_episodes"] = args.episodes
+    path = _checkpoint_path(args.run_dir)
     trainer = _trainer(config, args.run_dir, progress=False)
-    trainer.load(os.path.join(args.run_dir, "checkpoint.pt"))  # params and normaliser
-    strategy, task = trainer.strategy, trainer.task
-    if args.which == "best":
-        params = strategy.raveler.unravel(trainer.best_flat.to(strategy.raveler.flat_dtype))
-    else:
-        params = strategy.params(trainer.state)
     try:
+        trainer.load(path)  # params and normaliser
+        strategy, task = trainer.strategy, trainer.task
+        if args.which == "best":
+            score, flat = trainer.best()
+            if not math.isfinite(score):
+                raise SystemExit(f"{args.run_dir} has no evaluated params yet; use --which last")
+            params = strategy.raveler.unravel(flat.to(strategy.raveler.flat_dtype))
+        else:
+            params = strategy.params(trainer.state)
         out = task.evaluate(params, fold_in(key(args.seed), 2**31 - 1))
     finally:
-        getattr(task, "close", lambda: None)()
+        getattr(trainer.task, "close", lambda: None)()
     print(f"{args.which} params of {args.run_dir} on {args.episodes} episodes: "
           f"mean return {out['score']:.2f} ± {out['score_std']:.2f}, "
           f"mean length {out['eval_length']:.1f}")  # fmt: skip
@@ -195,7 +309,7 @@ def _eval(args) -> int:
 
 def _summary(args) -> int:
     config = _load_config(args.run_dir)
-    ckpt = load_checkpoint(os.path.join(args.run_dir, "checkpoint.pt"))
+    ckpt = load_checkpoint(_checkpoint_path(args.run_dir))
     hist = ckpt["history"]
     evals = [r for r in hist if "score" in r]
     print(f"run {args.run_dir}: task {config['task']}, strategy {config['strategy']}, "
@@ -205,10 +319,17 @@ def _summary(args) -> int:
           f"env steps {hist[-1].get('env_steps', 0) if hist else 0}")  # fmt: skip
     if hist:
         print(f"last population fitness mean {hist[-1]['fitness_mean']:.4g}, "
-              f"max {hist[-1]['fitness_max']:.4g}")  # fmt: skip
+              f"best {hist[-1].get('fitness_best', hist[-1]['fitness_max']):.4g}")  # fmt: skip
     if evals:
         print(f"last evaluation {evals[-1]['score']:.4g} (generation {evals[-1]['generation']})")
     best = ckpt["best_score"]
+    final = ckpt.get("final")
+    if final is not None and math.isfinite(final["score"]):
+        minimize = ckpt.get("minimize", False)
+        if not math.isfinite(best) or (
+            final["score"] < best if minimize else final["score"] > best
+        ):
+            best = final["score"]
     print(f"best score {best:.4g}" if math.isfinite(best) else "no score yet")
     goal = config.get("goal")
     if goal is not None:
@@ -231,6 +352,11 @@ def parser() -> argparse.ArgumentParser:
     ):  # fmt: skip
         t.add_argument(f"--{name}", type=typ)
     t.add_argument("--normalize-obs", action=argparse.BooleanOptionalAction, default=None)
+    t.add_argument(
+        "--set", action="append", metavar="NAME=VALUE",
+        help="a strategy setting, e.g. --set top_directions=8 (ars), --set elite_ratio=0.1 "
+        "(cem), --set shaping=nes (openai_es); VALUE is JSON or text",
+    )  # fmt: skip
     t.add_argument("--run-dir")
     t.add_argument("--tensorboard", action="store_true")
     t.add_argument("--plot", action="store_true", help="write curve.png (matplotlib)")
@@ -255,7 +381,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CheckpointError as e:
+        raise SystemExit(f"fastes: {e}") from None
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ https://arxiv.org/abs/1703.03864. For a mean θ (D,) and noise ε_i ~ N(0, I):
     fitness      F_i = fitness_fn(θ_i)           (maximized; (P,) or (P, K))
     weights      w = shape(F)                    (centered ranks, NES utilities, z-score, raw)
     gradient     ĝ = 1/(P·σ) Σ_i w_i s_i ε_row(i)  ≈ ∇_θ E[F(θ + σε)]
-    step         θ ← θ + lr·(ĝ − weight_decay·θ)   (gradient ascent)
+    step         θ ← θ + lr·ĝ − lr·weight_decay·θ   (gradient ascent, decoupled decay)
 
 Noise is regenerated from (key, row) for the gradient, never stored as a (P, D) matrix unless it
 fits ``memory_budget``; members are built and evaluated ``chunk_size`` at a time, so peak memory
@@ -23,13 +23,31 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .evaluate import MODES, evaluate_population
+from . import optim
+from ._validate import (
+    check_callable,
+    check_evaluation,
+    check_finite_flat,
+    check_fitness_args,
+    check_population,
+    positive_int,
+    real,
+)
+from .evaluate import evaluate_population
 from .noise import DEFAULT_TABLE_SIZE, NoiseTable, PhiloxNoise, TableNoise, noise_table
 from .prng import check_key
 from .shaping import METHODS, shape_fitness
 from .tree import Raveler, raveler
 
-__all__ = ["FitnessStats", "estimate_grad", "es_step", "resolve_noise", "DEFAULT_MEMORY_BUDGET"]
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "FitnessStats",
+    "default_chunk_size",
+    "es_step",
+    "estimate_grad",
+    "resolve_noise",
+    "sgd_with_decay",
+]
 
 # Bytes that cached noise rows may use before they are regenerated instead (DESIGN §4).
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
@@ -43,12 +61,20 @@ DEFAULT_CHUNK_BYTES_CUDA = 256 * 2**20
 
 
 class FitnessStats(NamedTuple):
-    """What one generation saw: raw fitness in member order and the weights derived from it."""
+    """What one generation saw: raw fitness in member order and the weights the update used.
+
+    ``weights`` are each member's weight in the strategy's update, as that strategy uses them
+    (centered ranks or another shaping for OpenAI-ES, NES utilities for SNES / xNES, CMA's
+    recombination weights, ARS's reward differences, CEM's elite weights). The counts are ints
+    (0-dim tensors inside ``torch.compile``, where graphs do not read values back).
+    ``minimize`` records the objective's sense, so :attr:`best` is the best member either way.
+    """
 
     fitness: torch.Tensor  # (P,) or (P, K), as returned by fitness_fn
-    weights: torch.Tensor  # (P,) shaped weights used in the estimate
-    nan_count: int  # NaN fitness values (ranked last, see fastes.shaping)
-    inf_count: int  # ±inf fitness values
+    weights: torch.Tensor  # (P,) each member's weight in the update
+    nan_count: int | torch.Tensor  # NaN fitness values (ranked last, see fastes.shaping)
+    inf_count: int | torch.Tensor  # ±inf fitness values
+    minimize: bool = False  # the sense of the fitness: smaller is better when True
 
     @property
     def mean(self) -> torch.Tensor:
@@ -57,27 +83,28 @@ class FitnessStats(NamedTuple):
 
     @property
     def max(self) -> torch.Tensor:
-        """Best fitness over members, ignoring NaN: () or (K,)."""
+        """Largest fitness over members, ignoring NaN: () or (K,) (the best unless minimizing)."""
         f = self.fitness.float()
         return torch.where(torch.isnan(f), -math.inf, f).max(dim=0).values
 
+    @property
+    def min(self) -> torch.Tensor:
+        """Smallest fitness over members, ignoring NaN: () or (K,)."""
+        f = self.fitness.float()
+        return torch.where(torch.isnan(f), math.inf, f).min(dim=0).values
 
-def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
-    return value
+    @property
+    def best(self) -> torch.Tensor:
+        """Best fitness in the objective's sense (:attr:`min` when minimizing), ignoring NaN."""
+        return self.min if self.minimize else self.max
 
 
-def _finite_float(value: Any, name: str, *, positive: bool = False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(
-            f"{name} must be a real number; got {type(value).__name__} {value!r}"
-        ) from None
-    if not math.isfinite(v) or (v <= 0 if positive else v < 0):
-        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}; got {v}")
-    return v
+def default_chunk_size(dim: int, dtype: torch.dtype, device: torch.device, per_row: int) -> int:
+    """Members per evaluation chunk: about DEFAULT_CHUNK_BYTES (CPU) or
+    DEFAULT_CHUNK_BYTES_CUDA of flat members, a multiple of ``per_row`` (antithetic pairs)."""
+    target = DEFAULT_CHUNK_BYTES_CUDA if device.type == "cuda" else DEFAULT_CHUNK_BYTES
+    size = max(per_row, target // (dim * dtype.itemsize))
+    return size - size % per_row
 
 
 def resolve_noise(noise: Any, dim: int, device: torch.device) -> PhiloxNoise | TableNoise:
@@ -133,7 +160,7 @@ def _flat_estimate(
     chunk_size: int | None,
     noise: Any,
     fitness_args: tuple,
-    memory_budget: int,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> tuple[torch.Tensor, FitnessStats]:
     """The estimate on the flat mean θ (D,): returns (ĝ (D,) in θ's dtype, stats)."""
     P, D = population_size, theta.numel()
@@ -142,8 +169,7 @@ def _flat_estimate(
     n_rows = P // 2 if antithetic else P
     per_row = 2 if antithetic else 1
     if chunk_size is None:
-        target = DEFAULT_CHUNK_BYTES_CUDA if theta.is_cuda else DEFAULT_CHUNK_BYTES
-        chunk_size = max(per_row, target // (D * theta.element_size()))
+        chunk_size = default_chunk_size(D, theta.dtype, theta.device, per_row)
     rows_per_chunk = max(1, min(chunk_size // per_row, n_rows))
     # Keep the drawn rows for the gradient pass only while they fit the budget.
     cache = n_rows * D * 4 <= memory_budget
@@ -183,40 +209,22 @@ def _flat_estimate(
     else:
         g = source.weighted_sum(key, torch.arange(n_rows, device=theta.device), row_w, D)
     g = g.to(theta.dtype) / (P * sigma)
-    return g, FitnessStats(fitness, weights, shape_stats.nan_count, shape_stats.inf_count)
-
-
-def check_population(population_size: int, antithetic: bool, paired: str = "with antithetic=True"):
-    """P >= 2, and even when members come in antithetic pairs (``paired`` says why)."""
-    _positive_int(population_size, "population_size", 2)
-    if antithetic and population_size % 2:
-        raise ValueError(
-            f"population_size must be even {paired} (members come in ± pairs); "
-            f"got {population_size}"
-        )
-
-
-def check_evaluation(mode: str, chunk_size: int | None) -> None:
-    """An evaluation mode from MODES and a positive chunk size (or None)."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
-    if chunk_size is not None:
-        _positive_int(chunk_size, "chunk_size")
+    stats = FitnessStats(fitness, weights, shape_stats.nan_count, shape_stats.inf_count, minimize)
+    return g, stats
 
 
 def _check_args(
     fitness_fn, key, population_size, sigma, antithetic, shaping, mode, chunk_size, memory_budget
 ) -> float:
     """Validate the shared arguments of estimate_grad / es_step; return sigma as a float."""
-    if not callable(fitness_fn):
-        raise TypeError(f"fitness_fn must be callable; got {type(fitness_fn).__name__}")
+    check_callable(fitness_fn, "fitness_fn")
     check_key(key)
     check_population(population_size, antithetic)
-    sigma = _finite_float(sigma, "sigma", positive=True)
+    sigma = real(sigma, "sigma", positive=True)
     if shaping not in METHODS:
         raise ValueError(f"shaping must be one of {METHODS}; got {shaping!r}")
     check_evaluation(mode, chunk_size)
-    _positive_int(memory_budget, "memory_budget", 0)
+    positive_int(memory_budget, "memory_budget", 0)
     return sigma
 
 
@@ -229,13 +237,14 @@ def _validated_estimate(
         fitness_fn, key, population_size, sigma, antithetic, shaping, mode, chunk_size,
         memory_budget,
     )  # fmt: skip
+    fitness_args = check_fitness_args(fitness_args)
     rav = raveler(params)
-    theta = rav.ravel(params)
+    theta = check_finite_flat(rav.ravel(params))
     g, stats = _flat_estimate(
         theta, rav, fitness_fn, key,
         population_size=population_size, sigma=sigma, antithetic=antithetic, shaping=shaping,
         objective_weights=objective_weights, minimize=minimize, mode=mode,
-        chunk_size=chunk_size, noise=noise, fitness_args=tuple(fitness_args),
+        chunk_size=chunk_size, noise=noise, fitness_args=fitness_args,
         memory_budget=memory_budget,
     )  # fmt: skip
     return theta, rav, g, stats
@@ -318,7 +327,7 @@ def es_step(
 
     Pure: ``params`` is not modified; the updated pytree is returned with the same structure,
     shapes, dtypes and device. Arguments are those of :func:`estimate_grad`, plus
-    ``learning_rate`` (>= 0), ``weight_decay`` (>= 0, decoupled, applied to θ) and
+    ``learning_rate`` (>= 0), ``weight_decay`` (>= 0, decoupled: θ ← θ + lr·ĝ − lr·wd·θ) and
     ``return_stats`` (return ``(params, FitnessStats)`` instead of the params alone).
 
     Example:
@@ -331,15 +340,23 @@ def es_step(
         >>> for step in range(100):
         ...     params = es_step(params, fitness, fastes.fold_in(fastes.key(0), step),
         ...                      population_size=64, sigma=0.05, learning_rate=0.1)
-        >>> model.load_state_dict(params, strict=False)
+        >>> _ = model.load_state_dict(params, strict=False)  # (buffers keep their values)
     """
-    learning_rate = _finite_float(learning_rate, "learning_rate")
-    weight_decay = _finite_float(weight_decay, "weight_decay")
+    opt = sgd_with_decay(learning_rate, weight_decay)
     theta, rav, g, stats = _validated_estimate(
         params, fitness_fn, key, population_size, sigma, antithetic, shaping,
         objective_weights, minimize, mode, chunk_size, noise, fitness_args, memory_budget,
     )  # fmt: skip
-    if weight_decay:
-        g = g.sub_(theta, alpha=weight_decay)
-    new = rav.unravel(theta.add_(g, alpha=learning_rate))
+    updates, _ = opt.update(g, opt.init(theta), theta)
+    new = rav.unravel(theta + updates)
     return (new, stats) if return_stats else new
+
+
+def sgd_with_decay(learning_rate, weight_decay: float = 0.0) -> optim.GradientTransformation:
+    """es_step's optimizer, and OpenAI-ES's with ``optimizer=fastes.optim.sgd(lr)``: plain ascent
+    plus decoupled weight decay, updates = lr·ĝ − lr·weight_decay·θ."""
+    sgd = optim.sgd(learning_rate)
+    weight_decay = real(weight_decay, "weight_decay")
+    if not weight_decay:
+        return sgd
+    return optim.chain(sgd, optim.add_decayed_weights(weight_decay, learning_rate))

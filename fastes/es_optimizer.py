@@ -22,6 +22,7 @@ Example:
     >>> es = ESOptimizer(model, torch.optim.Adam(model.parameters(), lr=0.01), objective,
     ...                  population_size=64, sigma=0.05, blocks="bottom_up",
     ...                  objective_weights=[1.0, 0.5])
+    >>> x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
     >>> result = es.step(x, y)               # one block updated in place
 """
 

@@ -23,11 +23,10 @@ from typing import Any
 import torch
 from torch.func import functional_call, vmap
 
+from ._validate import MODES
 from .tree import Raveler
 
 __all__ = ["MODES", "functional", "evaluate_population"]
-
-MODES = ("vmap", "batched", "loop")
 
 
 def functional(module: torch.nn.Module) -> Callable[..., Any]:
@@ -35,6 +34,14 @@ def functional(module: torch.nn.Module) -> Callable[..., Any]:
 
     ``params`` maps parameter names (as in ``module.named_parameters()``) to tensors; missing
     names and all buffers keep the module's own values. Works under ``vmap``.
+
+    Parameters are what ES perturbs and updates; buffers (BatchNorm's running mean and variance,
+    ...) are not evolved and are shared by every member. A BatchNorm layer in train mode that
+    tracks running statistics would have each member write its own batch statistics into that
+    shared buffer — impossible under ``vmap`` and order-dependent in a loop — so ``apply``
+    raises with the fix: ``module.eval()`` (normalise with the running statistics) or
+    ``track_running_stats=False`` (normalise with each member's batch statistics, e.g.
+    ``torch.func.replace_all_batch_norm_modules_(module)``).
 
     Example:
         >>> net = torch.nn.Linear(4, 2)
@@ -45,7 +52,21 @@ def functional(module: torch.nn.Module) -> Callable[..., Any]:
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"module must be a torch.nn.Module; got {type(module).__name__}")
 
+    batch_norms = [
+        (name, m) for name, m in module.named_modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]  # fmt: skip
+
     def apply(params, *args, **kwargs):
+        for name, m in batch_norms:
+            if m.training and m.running_mean is not None:
+                raise ValueError(
+                    f"module has BatchNorm layer {name or type(m).__name__!r} in train mode with "
+                    "running statistics, which every population member would overwrite. Call "
+                    "module.eval() to use the running statistics, or build the layer with "
+                    "track_running_stats=False (torch.func.replace_all_batch_norm_modules_("
+                    "module) does it in place) to use each member's batch statistics"
+                )
         return functional_call(module, params, args, kwargs)
 
     return apply
@@ -86,8 +107,20 @@ def evaluate_population(
     stacked = raveler.unravel_batch(population)  # pytree of (M, *shape)
     if mode == "vmap":
         in_dims = (0,) + (None,) * len(fitness_args)
-        out = vmap(fitness_fn, in_dims=in_dims)(stacked, *fitness_args)
+        try:
+            out = vmap(fitness_fn, in_dims=in_dims)(stacked, *fitness_args)
+        except (RuntimeError, ValueError) as e:
+            if "vmap" not in str(e):
+                raise
+            raise type(e)(
+                f"fitness_fn failed under torch.func.vmap (mode='vmap'): {e}\n"
+                "A vmapped fitness must return a tensor and cannot read values (.item(), "
+                "float(), if on a tensor) or call non-torch code. Pass mode='loop' to run it "
+                "one member at a time, or mode='batched' if it already takes stacked params."
+            ) from e
         if isinstance(out, torch.Tensor) and out.dim() == 1 and out.shape[0] == members:
+            if out.is_complex():
+                raise TypeError(f"fitness_fn must return real numbers; got dtype {out.dtype}")
             return out
         # A (K,) result per member arrives as (M, K); anything else is reported below.
     elif mode == "batched":

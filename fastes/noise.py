@@ -32,6 +32,7 @@ from typing import NamedTuple
 import torch
 
 from . import _dispatch
+from ._validate import positive_int
 from .prng import MASK32, TAG_OFFSET, check_key, key_words, philox4x32
 from .prng import key as make_key
 
@@ -40,6 +41,7 @@ __all__ = [
     "TableNoise",
     "NoiseTable",
     "noise_table",
+    "clear_caches",
     "philox_normal_rows",
     "philox_uint32_rows",
     "philox_weighted_sum",
@@ -127,6 +129,11 @@ class NoiseTable(NamedTuple):
     seed: int
 
 
+# Memo of made tables, keyed by (size, seed, device). A table's values are a pure function of
+# (seed, size), so the memo changes no result; it is bounded (oldest evicted) so that a process
+# that touches many devices or sizes does not pin 64 MiB per table forever. clear_caches()
+# empties it.
+_MAX_TABLES = 4
 _TABLES: dict[tuple[int, int, str], NoiseTable] = {}
 
 
@@ -136,17 +143,30 @@ def noise_table(
     """The noise table of ``size`` normals for ``seed`` on ``device``, made once and memoised.
 
     Made lazily on first use (never at import). Its values are a pure function of (seed, size),
-    so memoising it is an optimisation, not hidden state.
+    so memoising it is an optimisation, not hidden state; at most ``_MAX_TABLES`` tables are kept
+    (the oldest is dropped first) and :func:`clear_caches` frees them.
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int; got {size!r}")
+    positive_int(size, "size")
     device = torch.device(device)
     cache_key = (size, seed, str(device))
     table = _TABLES.get(cache_key)
     if table is None:
         values = philox_normal_rows(make_key(seed), [0], size)[0].to(device)
-        table = _TABLES[cache_key] = NoiseTable(values.contiguous(), seed)
+        table = NoiseTable(values.contiguous(), seed)
+        while len(_TABLES) >= _MAX_TABLES:
+            del _TABLES[next(iter(_TABLES))]  # dicts keep insertion order: the oldest
+        _TABLES[cache_key] = table
     return table
+
+
+def clear_caches() -> None:
+    """Free fastes' memos: noise tables, the last table-offset lookup and the shaping rank
+    tables. Results never depend on them; this only returns their memory."""
+    from . import shaping
+
+    _TABLES.clear()
+    _LAST_OFFSETS.clear()
+    shaping._TABLES.clear()
 
 
 def table_offsets(k: torch.Tensor, rows, dim: int, table_size: int) -> torch.Tensor:
@@ -253,7 +273,10 @@ class PhiloxNoise(NamedTuple):
         return philox_perturb(k, rows, theta, sigma, antithetic, out)
 
 
-_LAST_OFFSETS: list = []  # [(key words, dim, size), rows, offsets]: the last eager lookup
+# A one-entry memo of the last eager offset lookup: [(key words, dim, size), rows, offsets].
+# Bounded by construction (one entry, a few ints per row) and keyed by every input, so it can
+# only return what the pure function would; clear_caches() empties it.
+_LAST_OFFSETS: list = []
 
 
 def _offsets_list(k: torch.Tensor, rows, dim: int, size: int) -> list[int]:

@@ -16,12 +16,12 @@ at the state's step count.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 
+from ._validate import real
 from .tree import tree_leaves, tree_map
 
 __all__ = [
@@ -30,9 +30,11 @@ __all__ = [
     "sgd",
     "momentum",
     "adam",
+    "adamw",
     "clipup",
     "add_decayed_weights",
     "chain",
+    "DecayState",
     "EmptyState",
     "SgdState",
     "MomentumState",
@@ -72,27 +74,18 @@ class ClipUpState(NamedTuple):
     count: torch.Tensor
 
 
-def _count() -> torch.Tensor:
-    return torch.zeros((), dtype=torch.int64)
+def _count(params: Any) -> torch.Tensor:
+    """A () int64 step counter on the params' device."""
+    leaves = tree_leaves(params)
+    device = leaves[0].device if leaves and isinstance(leaves[0], torch.Tensor) else None
+    return torch.zeros((), dtype=torch.int64, device=device)
 
 
 def _lr_schedule(learning_rate) -> Callable[[int], float]:
     if callable(learning_rate):
         return learning_rate
-    lr = _check_rate(learning_rate, "learning_rate")
+    lr = real(learning_rate, "learning_rate")
     return lambda t: lr
-
-
-def _check_rate(value: float, name: str, *, low: float = 0.0, high: float = math.inf) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"{name} must be a real number; got {type(value).__name__} {value!r}"
-        ) from None
-    if not (math.isfinite(v) and low <= v <= high):
-        raise ValueError(f"{name} must be a finite number in [{low}, {high}]; got {value!r}")
-    return v
 
 
 def apply_updates(params: Any, updates: Any) -> Any:
@@ -119,16 +112,16 @@ def sgd(learning_rate) -> GradientTransformation:
         lr = schedule(int(state.count))
         return tree_map(lambda g: lr * g, grad), SgdState(state.count + 1)
 
-    return GradientTransformation(lambda params: SgdState(_count()), update)
+    return GradientTransformation(lambda params: SgdState(_count(params)), update)
 
 
 def momentum(learning_rate, beta: float = 0.9, nesterov: bool = False):
     """Heavy-ball momentum: v ← β·v + ĝ; updates = lr·v (lr·(β·v + ĝ) with Nesterov)."""
     schedule = _lr_schedule(learning_rate)
-    beta = _check_rate(beta, "beta", high=1.0)
+    beta = real(beta, "beta", high=1.0)
 
     def init(params):
-        return MomentumState(_zeros_f32(params), _count())
+        return MomentumState(_zeros_f32(params), _count(params))
 
     def update(grad, state, params=None):
         lr = schedule(int(state.count))
@@ -146,12 +139,12 @@ def adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
     bias corrections m̂ = m / (1 − b1^t), v̂ = v / (1 − b2^t).
     """
     schedule = _lr_schedule(learning_rate)
-    b1 = _check_rate(b1, "b1", high=1.0)
-    b2 = _check_rate(b2, "b2", high=1.0)
-    eps = _check_rate(eps, "eps")
+    b1 = real(b1, "b1", high=1.0)
+    b2 = real(b2, "b2", high=1.0)
+    eps = real(eps, "eps")
 
     def init(params):
-        return AdamState(torch.zeros((), dtype=torch.int64), _zeros_f32(params), _zeros_f32(params))
+        return AdamState(_count(params), _zeros_f32(params), _zeros_f32(params))
 
     def update(grad, state, params=None):
         count = state.count + 1
@@ -173,11 +166,11 @@ def clipup(learning_rate, max_speed: float | None = None, beta: float = 0.9):
     The paper's rule of thumb ``max_speed = 2·learning_rate`` is the default.
     """
     schedule = _lr_schedule(learning_rate)
-    speed = None if max_speed is None else _check_rate(max_speed, "max_speed")
-    beta = _check_rate(beta, "beta", high=1.0)
+    speed = None if max_speed is None else real(max_speed, "max_speed")
+    beta = real(beta, "beta", high=1.0)
 
     def init(params):
-        return ClipUpState(_zeros_f32(params), _count())
+        return ClipUpState(_zeros_f32(params), _count(params))
 
     def update(grad, state, params=None):
         lr = schedule(int(state.count))
@@ -193,16 +186,44 @@ def clipup(learning_rate, max_speed: float | None = None, beta: float = 0.9):
     return GradientTransformation(init, update)
 
 
-def add_decayed_weights(weight_decay: float) -> GradientTransformation:
-    """Decoupled weight decay for ascent: ĝ ← ĝ − weight_decay·θ (chain it before the optimizer)."""
-    wd = _check_rate(weight_decay, "weight_decay")
+class DecayState(NamedTuple):
+    count: torch.Tensor  # () int64, steps taken (for a learning-rate schedule)
+
+
+def add_decayed_weights(weight_decay: float, learning_rate=1.0) -> GradientTransformation:
+    """updates ← updates − learning_rate·weight_decay·θ (``learning_rate`` may be a schedule).
+
+    Where it sits in a :func:`chain` decides which weight decay it is (for ascent):
+
+    * **after** the optimizer — ``chain(adam(lr), add_decayed_weights(wd, lr))`` — it is
+      *decoupled* weight decay (AdamW, Loshchilov & Hutter, https://arxiv.org/abs/1711.05101):
+      θ shrinks by lr·wd·θ whatever Adam's per-parameter scaling, as in ``torch.optim.AdamW``
+      (see :func:`adamw`).
+    * **before** the optimizer — ``chain(add_decayed_weights(wd), adam(lr))`` — it is *coupled*
+      L2 regularisation: −wd·θ joins the gradient and is rescaled by Adam like the rest, as in
+      ``torch.optim.Adam(weight_decay=wd)``. With plain SGD the two coincide.
+    """
+    wd = real(weight_decay, "weight_decay")
+    schedule = _lr_schedule(learning_rate)
 
     def update(grad, state, params):
         if params is None:
             raise ValueError("add_decayed_weights needs params: call update(grad, state, params)")
-        return tree_map(lambda g, p: g - wd * p.detach(), grad, params), state
+        scale = schedule(int(state.count)) * wd
+        new = tree_map(lambda g, p: g - scale * p.detach(), grad, params)
+        return new, DecayState(state.count + 1)
 
-    return GradientTransformation(lambda params: EmptyState(), update)
+    return GradientTransformation(lambda params: DecayState(_count(params)), update)
+
+
+def adamw(
+    learning_rate, weight_decay: float = 0.01, b1: float = 0.9, b2: float = 0.999,
+    eps: float = 1e-8,
+) -> GradientTransformation:  # fmt: skip
+    """Adam with decoupled weight decay (``torch.optim.AdamW``'s rule), ascending:
+    ``chain(adam(learning_rate, b1, b2, eps), add_decayed_weights(weight_decay, learning_rate))``.
+    """
+    return chain(adam(learning_rate, b1, b2, eps), add_decayed_weights(weight_decay, learning_rate))
 
 
 def chain(*transforms: GradientTransformation) -> GradientTransformation:

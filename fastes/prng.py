@@ -102,7 +102,11 @@ def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = 10):
 
 
 def check_key(k: torch.Tensor, name: str = "key") -> torch.Tensor:
-    """Validate that ``k`` is a key (int64 tensor of shape (2,)); return it."""
+    """Validate that ``k`` is a key: an int64 tensor of shape (2,) holding two uint32 words.
+
+    The word range is checked for CPU keys outside ``torch.compile`` (where reading two values is
+    free); a GPU key is not read back, so checking it would cost a device sync every step.
+    """
     if not isinstance(k, torch.Tensor) or k.dtype != torch.int64 or tuple(k.shape) != (2,):
         got = (
             f"tensor of dtype {k.dtype} and shape {tuple(k.shape)}"
@@ -113,6 +117,13 @@ def check_key(k: torch.Tensor, name: str = "key") -> torch.Tensor:
             f"{name} must be a key made by fastes.key(seed): an int64 tensor of shape (2,); "
             f"got {got}"
         )
+    if k.device.type == "cpu" and not torch.compiler.is_compiling():
+        words = k.tolist()
+        if not all(0 <= w <= MASK32 for w in words):
+            raise ValueError(
+                f"{name} words must be uint32 values in [0, 2**32); got {words} "
+                "(make keys with fastes.key(seed), split and fold_in)"
+            )
     return k
 
 

@@ -46,7 +46,9 @@ class ShapeStats(NamedTuple):
     inf_count: int
 
 
-_TABLES: dict[tuple, torch.Tensor] = {}  # eager-mode memo: the table depends on (p, method)
+# Eager-mode memo of rank tables keyed by (P, method, dtype, device): a pure function's results,
+# bounded at 64 entries (cleared when full) and freed by fastes.noise.clear_caches().
+_TABLES: dict[tuple, torch.Tensor] = {}
 
 
 def _rank_table(p: int, method: str, dtype, device) -> torch.Tensor:

@@ -18,9 +18,17 @@ its generation counter.
 Every ``eval_every`` generations the unperturbed params are scored by ``task.evaluate``; the run
 stops early once that score reaches ``goal`` on ``goal_count`` evaluations in a row (PyTorch-ES's
 ``reward_goal`` / ``consecutive_goal_stopping``, with ``goal=0`` a real goal). Without an
-evaluation, the population's mean fitness is the score. Outputs in ``run_dir`` (all written
-atomically): ``checkpoint.pt``, ``best.pt`` (best-scoring params), ``history.csv``,
-``curve.png`` (``plot=True``, needs matplotlib) and TensorBoard events (``tensorboard=True``).
+evaluation, the population's mean fitness is the score. Scores follow the strategy's sense: with
+``minimize=True`` a lower score is better, the goal is reached at ``score <= goal``, and
+``best.pt`` keeps the lowest-scoring params.
+
+A run that ends on its generation budget and whose last generation was not on the evaluation
+schedule gets one more evaluation of its final params, so every run has a score and ``best.pt``.
+It is provisional: it counts for the result and ``best.pt``, not for the goal streak, and a run
+resumed from that checkpoint continues as if it had not happened (bit-identical to a run that
+never stopped). Outputs in ``run_dir`` (all written atomically): ``checkpoint.pt``, ``best.pt``
+(best-scoring params), ``history.csv``, ``curve.png`` (``plot=True``, needs matplotlib) and
+TensorBoard events (``tensorboard=True``).
 """
 
 from __future__ import annotations
@@ -37,11 +45,12 @@ import torch
 from torch.utils import _pytree as pytree
 
 from ._io import atomic_write
+from ._validate import positive_int
 from .prng import check_key, fold_in, split
-from .rl.tasks import FunctionTask
 from .strategies.base import Strategy
+from .tasks import FunctionTask
 
-__all__ = ["Trainer", "TrainResult", "load_checkpoint"]
+__all__ = ["CheckpointError", "Trainer", "TrainResult", "load_checkpoint"]
 
 FORMAT = 1
 
@@ -49,16 +58,14 @@ FORMAT = 1
 class TrainResult(NamedTuple):
     params: Any  # the final search center
     best_params: Any  # the params with the best score seen
-    best_score: float
+    best_score: float  # in the fitness' sense: the lowest when the strategy minimizes
     generation: int  # generations completed
     stop_reason: str  # "generations" or "goal"
     history: list[dict]
 
 
-def _positive(value, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
-    return value
+class CheckpointError(ValueError):
+    """A run directory's file is missing, damaged or from another run (the message names it)."""
 
 
 class Trainer:
@@ -70,7 +77,8 @@ class Trainer:
         key: the run's key.
         generations: total generations (a resumed run continues up to this number).
         params: initial params; default ``task.init_params(key')``.
-        goal, goal_count: stop once the score is >= ``goal`` on ``goal_count`` scorings in a row.
+        goal, goal_count: stop once the score reaches ``goal`` (>=, or <= when the strategy
+            minimizes) on ``goal_count`` scorings in a row.
         eval_every: generations between unperturbed evaluations (0: never).
         run_dir: where checkpoints and logs go (None: nothing is written).
         checkpoint_every: generations between checkpoints (the last generation always saves).
@@ -111,13 +119,13 @@ class Trainer:
             )
         check_key(key)
         self.strategy, self.key = strategy, key
-        self.generations = _positive(generations, "generations")
+        self.generations = positive_int(generations, "generations")
         self.goal = None if goal is None else float(goal)
-        self.goal_count = _positive(goal_count, "goal_count")
+        self.goal_count = positive_int(goal_count, "goal_count")
         if not isinstance(eval_every, int) or eval_every < 0:
             raise ValueError(f"eval_every must be an int >= 0; got {eval_every!r}")
         self.eval_every = eval_every
-        self.checkpoint_every = _positive(checkpoint_every, "checkpoint_every")
+        self.checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
         self.run_dir = None if run_dir is None else os.fspath(run_dir)
         self.csv, self.tensorboard, self.plot, self.progress = csv, tensorboard, plot, progress
         self.config = dict(config or {})
@@ -131,8 +139,12 @@ class Trainer:
         self._state_spec = pytree.tree_flatten(self.state)[1]
         self.generation = 0
         self.history: list[dict] = []
-        self.best_score, self.best_flat = -math.inf, strategy.mean(self.state).clone()
+        self.minimize = strategy.minimize
+        self.best_score = math.inf if self.minimize else -math.inf
+        self.best_flat = strategy.mean(self.state).clone()
         self.streak = 0
+        # The provisional evaluation of a run's last generation: {"score", "flat", "keys"}.
+        self.final: dict | None = None
         self._writer = None
 
     # -- the loop -----------------------------------------------------------------------------
@@ -150,6 +162,7 @@ class Trainer:
                 raise ValueError("resume=True needs a run_dir")
             if os.path.exists(path):
                 self.load(path)
+        self._forget_final()
         bar = self._progress_bar()
         stop = "goal" if self._goal_reached() else "generations"
         evaluate = getattr(self.task, "evaluate", None)
@@ -161,7 +174,7 @@ class Trainer:
             self.state, stats = self.strategy.step(
                 self.state, self.task.fitness, es_key, fitness_args=(task_key,)
             )
-            record = {"generation": g, **_fitness_summary(stats.fitness)}
+            record = {"generation": g, **_fitness_summary(stats.fitness, self.minimize)}
             record.update(self._hyperparameters(g))
             if hasattr(self.task, "end_generation"):
                 record.update(self.task.end_generation())
@@ -181,26 +194,60 @@ class Trainer:
             self._log(record, bar)
             if self.generation % self.checkpoint_every == 0 or stop == "goal":
                 self.save()
-        if self.history and (self.generation % self.checkpoint_every != 0 and stop != "goal"):
+        final = stop == "generations" and self._evaluate_final(evaluate)
+        unsaved = self.generation % self.checkpoint_every != 0 and stop != "goal"
+        if final or (self.history and unsaved):
             self.save()
         self._finish(bar, time.perf_counter() - t_run)
-        unravel = self.strategy.raveler.unravel
+        best_score, best_flat = self.best()
         return TrainResult(
             self.strategy.params(self.state),
-            unravel(self.best_flat.to(self.strategy.raveler.flat_dtype)),
-            self.best_score, self.generation, stop, self.history,
+            self.strategy.raveler.unravel(best_flat.to(self.strategy.raveler.flat_dtype)),
+            best_score, self.generation, stop, self.history,
         )  # fmt: skip
 
+    def _evaluate_final(self, evaluate) -> bool:
+        """Score the last generation's params when the schedule did not (provisionally: see the
+        module docstring). Returns whether it ran."""
+        if evaluate is None or not self.history or "score" in self.history[-1]:
+            return False
+        out = evaluate(self.strategy.params(self.state), self.keys(self.generation - 1)[2])
+        out = {**out, "final_eval": 1}
+        self.history[-1].update(out)
+        score = float(out["score"])
+        self.final = {"score": score, "flat": self.strategy.mean(self.state).clone(),
+                      "keys": sorted(out)}  # fmt: skip
+        if self._better(score, self.best_score):
+            self._write_best(score)
+        return True
+
+    def best(self) -> tuple[float, torch.Tensor]:
+        """(best score, flat params) over the scheduled evaluations and the final one."""
+        if self.final is not None and self._better(self.final["score"], self.best_score):
+            return self.final["score"], self.final["flat"]
+        return self.best_score, self.best_flat
+
+    def _better(self, a: float, b: float) -> bool:
+        return a < b if self.minimize else a > b
+
+    def _write_best(self, score: float, flat: torch.Tensor | None = None) -> None:
+        if self.run_dir is None:
+            return
+        rav = self.strategy.raveler
+        params = self.strategy.params(self.state) if flat is None else rav.unravel(
+            flat.to(rav.flat_dtype)
+        )  # fmt: skip
+        path = self._path("best.pt")
+        atomic_write(path, lambda fh: torch.save({"params": params, "score": score}, fh))
+
     def _score(self, score: float) -> None:
-        if score > self.best_score:
+        if self._better(score, self.best_score):
             self.best_score = float(score)
             self.best_flat = self.strategy.mean(self.state).clone()
-            if self.run_dir is not None:
-                params = self.strategy.params(self.state)
-                path = self._path("best.pt")
-                atomic_write(path, lambda fh: torch.save({"params": params, "score": score}, fh))
+            self._write_best(score)
         if self.goal is not None:
-            self.streak = self.streak + 1 if score >= self.goal else 0
+            reached = score <= self.goal if self.minimize else score >= self.goal
+            self.streak = self.streak + 1 if reached else 0
 
     def _goal_reached(self) -> bool:
         return self.goal is not None and self.streak >= self.goal_count
@@ -234,6 +281,8 @@ class Trainer:
             "best_score": self.best_score,
             "best_flat": self.best_flat,
             "streak": self.streak,
+            "minimize": self.minimize,
+            "final": self.final,
             "config": self.config,
         }
 
@@ -249,29 +298,58 @@ class Trainer:
             plot_history(self.history, self._path("curve.png"))
 
     def load(self, path: str | os.PathLike) -> None:
-        """Restore the state saved by :meth:`save` (the same strategy and task settings)."""
+        """Restore the state saved by :meth:`save` (the same strategy and task settings).
+
+        Raises :class:`CheckpointError` (naming the file) for a missing, damaged or foreign
+        checkpoint; nothing is changed then."""
         ckpt = load_checkpoint(path)
         if ckpt["strategy"] != self.strategy.name:
-            raise ValueError(
+            raise CheckpointError(
                 f"checkpoint {path} is for strategy {ckpt['strategy']!r}, "
                 f"not {self.strategy.name!r}"
             )
         leaves = ckpt["strategy_state"]
         template = pytree.tree_flatten(self.state)[0]
         if len(leaves) != len(template) or any(
-            isinstance(a, torch.Tensor) and (a.shape != b.shape or a.dtype != b.dtype)
+            isinstance(a, torch.Tensor) != isinstance(b, torch.Tensor)
+            or isinstance(a, torch.Tensor)
+            and (a.shape != b.shape or a.dtype != b.dtype)
             for a, b in zip(leaves, template, strict=False)
         ):
-            raise ValueError(f"checkpoint {path} does not match this strategy's state layout")
+            raise CheckpointError(
+                f"checkpoint {path} does not match this strategy's state layout (other "
+                "hyperparameters or params than the run that wrote it?)"
+            )
         if not torch.equal(ckpt["key"], self.key):
-            raise ValueError(f"checkpoint {path} was made with key {ckpt['key'].tolist()}")
+            raise CheckpointError(f"checkpoint {path} was made with key {ckpt['key'].tolist()}")
+        # Checkpoints load on the CPU; the state goes back to the params' device.
+        leaves = [
+            a.to(b.device) if isinstance(a, torch.Tensor) else a
+            for a, b in zip(leaves, template, strict=True)
+        ]
         self.state = pytree.tree_unflatten(leaves, self._state_spec)
         if hasattr(self.task, "load_state_dict"):
             self.task.load_state_dict(ckpt["task"])
         self.generation = int(ckpt["generation"])
         self.history = list(ckpt["history"])
-        self.best_score, self.best_flat = float(ckpt["best_score"]), ckpt["best_flat"]
+        self.best_score = float(ckpt["best_score"])
+        self.best_flat = ckpt["best_flat"].to(self.best_flat.device)
         self.streak = int(ckpt["streak"])
+        self.final = ckpt.get("final")
+
+    def _forget_final(self) -> None:
+        """Continue as if the provisional final evaluation had not happened: drop it from the
+        history, and give best.pt back to the best scheduled evaluation."""
+        final, self.final = self.final, None
+        if final is None:
+            return
+        for k in final["keys"]:
+            self.history[-1].pop(k, None)
+        if self._better(final["score"], self.best_score):
+            if math.isfinite(self.best_score):
+                self._write_best(self.best_score, self.best_flat)
+            elif self.run_dir is not None and os.path.exists(self._path("best.pt")):
+                os.unlink(self._path("best.pt"))
 
     # -- logging ------------------------------------------------------------------------------
     def _progress_bar(self):
@@ -308,11 +386,11 @@ class Trainer:
             self._writer.close()
             self._writer = None
         if self.progress:
-            best = f", best score {self.best_score:.4g}" if self.history else ""
+            best = f", best score {self.best()[0]:.4g}" if self.history else ""
             print(f"{self.generation} generations ({seconds:.1f} s this run){best}")
 
 
-def _fitness_summary(fitness: torch.Tensor) -> dict:
+def _fitness_summary(fitness: torch.Tensor, minimize: bool) -> dict:
     f = fitness.double()
     if f.dim() == 2:  # (P, K): summarise the first objective
         f = f[:, 0]
@@ -321,6 +399,7 @@ def _fitness_summary(fitness: torch.Tensor) -> dict:
         finite = torch.full((1,), math.nan, dtype=torch.float64)
     return {
         "fitness_mean": float(finite.mean()),
+        "fitness_best": float(finite.min() if minimize else finite.max()),
         "fitness_max": float(finite.max()),
         "fitness_min": float(finite.min()),
         "fitness_std": float(finite.std(unbiased=False)),
@@ -328,11 +407,39 @@ def _fitness_summary(fitness: torch.Tensor) -> dict:
     }
 
 
+_CHECKPOINT_KEYS = ("generation", "key", "strategy", "strategy_state", "task", "history",
+                    "best_score", "best_flat", "streak")  # fmt: skip
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """A checkpoint written by :class:`Trainer` (tensors and plain data only)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint written by :class:`Trainer` (tensors and plain data only).
+
+    Raises :class:`CheckpointError` naming the file when it is missing, empty, truncated,
+    not a torch file, or not a fastes Trainer checkpoint.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the file is damaged")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip, unpickling and storage errors all mean "unreadable"
+        # torch's unpickling errors suggest weights_only=False, which would be unsafe and would
+        # not repair a damaged file: report the kind of error only.
+        text = str(e).strip()
+        reason = type(e).__name__
+        if text and "weights_only" not in text:
+            reason += ": " + text.splitlines()[0][:200]
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read: it is damaged (truncated?) or not a fastes "
+            f"Trainer checkpoint ({reason})"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a fastes Trainer checkpoint (format {FORMAT})")
+        raise CheckpointError(f"{path} is not a fastes Trainer checkpoint (format {FORMAT})")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete: it lacks {missing}")
     return ckpt
 
 
@@ -349,7 +456,7 @@ def write_csv(path: str, history: list[dict]) -> None:
 
 
 def plot_history(history: list[dict], path: str) -> None:
-    """A learning-curve PNG: population fitness (mean, max) and evaluation scores."""
+    """A learning-curve PNG: population fitness (mean, best) and evaluation scores."""
     try:
         import matplotlib
 
@@ -360,7 +467,8 @@ def plot_history(history: list[dict], path: str) -> None:
     gens = [r["generation"] for r in history]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(gens, [r["fitness_mean"] for r in history], label="population mean")
-    ax.plot(gens, [r["fitness_max"] for r in history], label="population max", alpha=0.5)
+    best = [r.get("fitness_best", r["fitness_max"]) for r in history]
+    ax.plot(gens, best, label="population best", alpha=0.5)
     ev = [(r["generation"], r["score"]) for r in history if "score" in r]
     if ev:
         ax.plot(*zip(*ev, strict=True), "o-", label="evaluation (unperturbed)")

@@ -286,3 +286,62 @@ def test_es_step_compiles_fullgraph_without_recompiling_on_a_new_key(noise, comp
         with pytest.raises(Exception, match="noise='table' inside torch.compile"):
             torch.compile(lambda p, k: fastes.es_step(p, fit, k, **{**kw, "noise": "table"}),
                           backend=backend, fullgraph=True)(params, fastes.key(0))  # fmt: skip
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("noise", ["table", "philox"])
+def test_openai_es_strategy_with_sgd_is_es_step(weight_decay, dtype, noise):
+    # One implementation: es_step is the openai_es strategy with an SGD optimizer (same
+    # estimator, chunking, dtype and decoupled weight decay), bit for bit, step after step.
+    p = {"w": torch.linspace(-1, 1, 30, dtype=dtype).reshape(5, 6), "b": torch.ones(3, dtype=dtype)}
+    f = lambda q: -((q["w"] - 0.3) ** 2).sum() - (q["b"] ** 2).sum()
+    kw = dict(population_size=16, sigma=0.1, chunk_size=6, noise=noise)
+    s = fastes.strategies.make(
+        "openai_es", p, optimizer=fastes.optim.sgd(0.05), learning_rate=0.05,
+        weight_decay=weight_decay, **kw,
+    )  # fmt: skip
+    state, q = s.init(p), p
+    for t in range(3):
+        k = fastes.fold_in(fastes.key(7), t)
+        q, stats_e = fastes.es_step(q, f, k, learning_rate=0.05, weight_decay=weight_decay,
+                                    return_stats=True, **kw)  # fmt: skip
+        state, stats_s = s.step(state, f, k)
+        for name in p:
+            assert torch.equal(s.params(state)[name], q[name]), (t, name)
+            assert q[name].dtype == dtype
+        assert torch.equal(stats_e.weights, stats_s.weights)
+
+
+@pytest.mark.parametrize(
+    "override,exc,match",
+    [
+        (dict(sigma=1e39), ValueError, r"sigma must be <= 3.40282e\+38 \(float32's largest"),
+        (dict(learning_rate=1e39), ValueError, r"learning_rate must be <= 3.40282e\+38"),
+        (dict(weight_decay=1e39), ValueError, r"weight_decay must be <= 3.40282e\+38"),
+        (
+            dict(fitness_args=torch.ones(2)),
+            TypeError,
+            r"fitness_args must be a tuple .* fitness_args=\(x,\)\); got Tensor",
+        ),
+        (dict(fitness_args=None), TypeError, r"fitness_args must be a tuple.*got NoneType"),
+    ],
+)
+def test_bad_values_are_caught_at_the_boundary(override, exc, match):
+    # Defect: these passed validation and failed deep inside torch with unrelated messages.
+    kw = {**dict(population_size=8, sigma=0.1, learning_rate=0.1), **override}
+    with pytest.raises(exc, match=match):
+        fastes.es_step({"x": torch.ones(3)}, sphere, fastes.key(0), **kw)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_params_are_blamed_on_the_params(bad):
+    # Defect: NaN params were reported as "fitness is NaN for every member ...; check the
+    # fitness function", and inf params passed silently.
+    p = {"a": torch.ones(2), "x": torch.tensor([1.0, bad, 2.0])}
+    with pytest.raises(ValueError, match=r"params must be finite; 1 of 5 .* flat index 3"):
+        fastes.es_step(p, lambda q: q["x"].sum(), fastes.key(0), population_size=4, sigma=0.1,
+                       learning_rate=0.1)  # fmt: skip
+    s = fastes.strategies.make("snes", p)
+    with pytest.raises(ValueError, match="params must be finite"):
+        s.init(p)

@@ -82,3 +82,50 @@ def test_es_step_on_a_module_with_data_shared_across_members():
     )  # fmt: skip
     assert new.keys() == params.keys()
     assert all(new[n].shape == params[n].shape for n in params)
+
+
+@pytest.mark.parametrize(
+    "fitness",
+    [lambda p: float(p["x"].sum()), lambda p: p["x"].sum().item()],
+    ids=["python-float", "item"],
+)
+def test_vmap_failures_point_to_loop_mode(fitness):
+    # Defect: torch's vmap error came alone, with no hint that mode="loop" runs such code.
+    with pytest.raises(RuntimeError, match=r"(?s)failed under torch.func.vmap.*mode='loop'"):
+        fastes.es_step({"x": torch.ones(3)}, fitness, fastes.key(0), population_size=4,
+                       sigma=0.1, learning_rate=0.1)  # fmt: skip
+    out = fastes.es_step({"x": torch.ones(3)}, fitness, fastes.key(0), population_size=4,
+                         sigma=0.1, learning_rate=0.1, mode="loop")  # fmt: skip
+    assert out["x"].shape == (3,)
+
+
+def test_complex_fitness_is_rejected_in_every_mode():
+    # Defect: in vmap mode complex fitness passed with only a torch warning.
+    rav, pop = _population(4)
+    for mode, fn in (("vmap", lambda p: p["0.bias"].sum() * 1j),
+                     ("loop", lambda p: p["0.bias"].sum() * 1j),
+                     ("batched", lambda p: p["0.bias"].sum(-1) * 1j)):  # fmt: skip
+        with pytest.raises(TypeError, match="fitness_fn must return real numbers; got dtype"):
+            evaluate_population(fn, pop, rav, mode=mode)
+
+
+def test_batchnorm_in_train_mode_gets_a_clear_error_and_the_fixes_work():
+    # Defect: vmap failed with torch's "Batch norm got a batched tensor ... running_mean" and
+    # loop mode silently updated the running statistics once per member.
+    net = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+    params = dict(net.named_parameters())
+    x = torch.randn(16, 5)
+    fit = lambda p: -(functional(net)(p, x) ** 2).mean()
+    for mode in ("vmap", "loop"):
+        with pytest.raises(ValueError, match=r"BatchNorm layer '1' in train mode.*module.eval\(\)"):
+            fastes.es_step(params, fit, fastes.key(0), population_size=4, sigma=0.1,
+                           learning_rate=0.1, mode=mode)  # fmt: skip
+    running = net[1].running_mean.clone()
+    net.eval()  # fix 1: the running statistics, untouched by evaluation
+    fastes.es_step(params, fit, fastes.key(0), population_size=4, sigma=0.1, learning_rate=0.1)
+    assert torch.equal(net[1].running_mean, running)
+    net.train()
+    torch.func.replace_all_batch_norm_modules_(net)  # fix 2: each member's batch statistics
+    out = fastes.es_step(params, fit, fastes.key(0), population_size=4, sigma=0.1,
+                         learning_rate=0.1)  # fmt: skip
+    assert all(torch.isfinite(v).all() for v in out.values())

@@ -109,3 +109,19 @@ def test_perturb_and_weighted_sum_match_dense_rows(source, antithetic):
     # error is below 7 · 2^-24 · Σ_j |w_j ε_j| elementwise.
     bound = 7 * 2**-24 * (w.abs() @ eps.abs())
     assert torch.all((got - want).abs() <= bound + 1e-30)
+
+
+def test_table_memo_is_bounded_and_clearable():
+    # Hidden module state, made explicit: at most _MAX_TABLES tables are kept, and results do
+    # not depend on the memo.
+    from fastes import noise
+
+    noise.clear_caches()
+    first = noise.noise_table(size=1000, seed=0).values.clone()
+    for seed in range(1, noise._MAX_TABLES + 3):
+        noise.noise_table(size=1000, seed=seed)
+    assert len(noise._TABLES) == noise._MAX_TABLES
+    assert (1000, 0, "cpu") not in noise._TABLES  # the oldest went first
+    assert torch.equal(noise.noise_table(size=1000, seed=0).values, first)  # remade identically
+    noise.clear_caches()
+    assert not noise._TABLES and not noise._LAST_OFFSETS

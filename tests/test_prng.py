@@ -87,3 +87,17 @@ def test_changing_key_does_not_recompile(compile_counter):
     assert len(compiles) == 1
     for i, out in enumerate(outs):
         assert torch.equal(out, fastes.split(fastes.fold_in(fastes.fold_in(k, i), i), 2))
+
+
+@pytest.mark.parametrize("words", [[-1, 0], [0, -5], [2**32, 0], [0, 2**40]])
+def test_keys_with_words_outside_uint32_are_rejected_at_the_boundary(words):
+    # Defect: a negative word crashed with an OverflowError deep in numpy's Philox (table noise);
+    # a word >= 2^32 was accepted silently.
+    bad = torch.tensor(words)
+    with pytest.raises(ValueError, match=r"key words must be uint32 values in \[0, 2\*\*32\)"):
+        fastes.es_step({"x": torch.ones(3)}, lambda p: p["x"].sum(), bad, population_size=4,
+                       sigma=0.1, learning_rate=0.1, noise="table")  # fmt: skip
+    with pytest.raises(ValueError, match="key words must be uint32"):
+        fastes.split(bad)
+    with pytest.raises(ValueError, match="key words must be uint32"):
+        fastes.fold_in(bad, 1)

@@ -8,8 +8,8 @@ try:
     import gymnasium
 except ImportError:  # the gymnasium tests skip
     gymnasium = None
+from fastes import normalization as nz
 from fastes.rl import EnvTask, MLPPolicy
-from fastes.rl import normalization as nz
 
 
 def test_running_norm_merges_batches_like_one_pass():
@@ -170,3 +170,40 @@ def _alive(pid: int) -> bool:
     # A zombie (exited, not yet reaped by init) counts as gone.
     with open(f"/proc/{pid}/stat") as fh:
         return fh.read().split(") ")[1][0] != "Z"
+
+
+def test_gym_task_init_errors_come_alone_and_workers_are_validated(capfd):
+    # Defect: a failing GymTask.__init__ added "Exception ignored ... no attribute '_pool'".
+    pytest.importorskip("gymnasium")
+    from fastes.rl.gym import GymTask
+
+    with pytest.raises(ValueError, match=r"workers must be an int >= 0 or None .*got -1"):
+        GymTask("CartPole-v1", workers=-1)
+    with pytest.raises(gymnasium.error.Error):
+        GymTask("NoSuchEnv-v0", workers=0)
+    import gc
+
+    gc.collect()
+    assert "Exception ignored" not in capfd.readouterr().err
+    assert 'if __name__ == "__main__":' in GymTask.__doc__
+
+
+def test_policy_params_and_env_task_follow_the_device():
+    # Defect: MLPPolicy.init took no device, so EnvTask(device=...) got CPU params.
+    policy = MLPPolicy(4, 2, (3,))
+    p = policy.init(fastes.key(0), device="meta")
+    assert {v.device.type for v in p.values()} == {"meta"}
+    task = EnvTask("cartpole", hidden=(3,), device="meta")
+    assert {v.device.type for v in task.init_params(fastes.key(0)).values()} == {"meta"}
+    cpu = policy.init(fastes.key(0), dtype=torch.float64)
+    assert all(v.dtype == torch.float64 for v in cpu.values())
+
+
+def test_tasks_do_not_depend_on_the_policy_parameter_names():
+    # EnvTask reads the member count from any leaf, not from MLPPolicy's "w0".
+    task = EnvTask("cartpole", hidden=(3,), episodes=1)
+    params = task.init_params(fastes.key(0))
+    stacked = {k: v.expand(5, *v.shape).clone() for k, v in params.items()}
+    stacked = dict(reversed(list(stacked.items())))  # first leaf is now "b1", not "w0"
+    assert task.fitness(stacked, fastes.key(1)).shape == (5,)
+    assert isinstance(task, fastes.tasks.Task)

@@ -56,8 +56,13 @@ def test_same_key_same_state_and_ask_tell_equals_step(name):
     assert _same(a, b)
     c, _ = s.step(st, f_tree, fastes.key(4))
     assert not _same(a, c)
-    members = s.ask(st, k)  # (P, D), regenerated from the key
-    fitness = torch.stack([f_tree(s.raveler.unravel(m)) for m in members])
+    members = s.ask(st, k)  # a batched pytree (P, *shape) per leaf, regenerated from the key
+    flat, spec = torch.utils._pytree.tree_flatten(members)
+    assert spec == torch.utils._pytree.tree_structure(TEMPLATE)
+    assert [(x.shape, x.dtype) for x in flat] == [
+        ((8, *t.shape), t.dtype) for t in fastes.tree.tree_leaves(TEMPLATE)
+    ]
+    fitness = torch.vmap(f_tree)(members)
     assert torch.allclose(fitness, stats.fitness, rtol=1e-6, atol=1e-6)
     assert _same(s.tell(st, k, stats.fitness), a)
 
@@ -109,7 +114,7 @@ def test_nan_fitness_policy(name):
     s = make(name, TEMPLATE, minimize=True, **SMALL)
     st = s.init(TEMPLATE)
     k = fastes.key(5)
-    members = s.ask(st, k)
+    members = s.ask(st, k, flat=True)  # (P, D)
     fitness = torch.stack([f_tree(s.raveler.unravel(m)) for m in members])
     fitness[1] = float("nan")
     new = s.tell(st, k, fitness)
@@ -244,3 +249,75 @@ def test_mean_learning_rate_schedule(name):
     s = make(name, p0, mean_learning_rate=schedules.constant(0.0), minimize=True, population_size=8)
     st, _ = s.step(s.init(p0), lambda p: sphere(p["x"]), fastes.key(0))
     assert torch.equal(s.mean(st).float(), p0["x"])  # lr 0: the mean stays, σ still adapts
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float64_params_round_trip_exactly(name):
+    # Defect: six strategies kept the centre in float32, so 1 + 1e-12 came back as 1.0.
+    p = {"x": torch.full((4,), 1 + 1e-12, dtype=torch.float64), "h": torch.ones(2).half()}
+    s = make(name, p, **SMALL)
+    back = s.params(s.init(p))
+    assert torch.equal(back["x"], p["x"]) and back["x"].dtype == torch.float64
+    assert torch.equal(back["h"], p["h"]) and back["h"].dtype == torch.float16
+    members = s.ask(s.init(p), fastes.key(0))
+    assert members["x"].dtype == torch.float64 and members["x"].shape == (8, 4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tell_accepts_lists_and_detaches_fitness(name):
+    # Defect: ipop_cma_es raised AttributeError on a list, and a fitness with requires_grad left
+    # a grad_fn in the state.
+    s = make(name, TEMPLATE, minimize=True, **SMALL)
+    st, k = s.init(TEMPLATE), fastes.key(2)
+    fitness = torch.vmap(f_tree)(s.ask(st, k))
+    from_list = s.tell(st, k, fitness.tolist())
+    assert _same(from_list, s.tell(st, k, fitness))
+    graded = s.tell(st, k, fitness.clone().requires_grad_())
+    assert all(not t.requires_grad for t in _state_tensors(graded))
+    with pytest.raises(TypeError, match="fitness must be real numbers"):
+        s.tell(st, k, fitness.to(torch.complex64))
+
+
+# The weights each strategy really used (defect: every strategy reported recomputed centered
+# ranks): checked against the strategy's own rule on a fitness with distinct values.
+def _expected_weights(name, s, fitness):
+    maximize = -fitness  # minimize=True below
+    if name in ("openai_es", "pgpe"):
+        return fastes.shaping.centered_ranks(maximize).double()
+    if name in ("snes", "xnes"):
+        return fastes.shaping.nes_utilities(maximize).double()
+    ranks = torch.argsort(torch.argsort(maximize, descending=True))  # 0 = best
+    if name in ("cma_es", "sep_cma_es", "ipop_cma_es"):
+        inner = s.inner(0) if name == "ipop_cma_es" else s
+        return inner.p.weights[ranks]
+    if name == "cem":
+        return torch.where(ranks < s.n_elite, 1.0 / s.n_elite, 0.0).double()
+    return None  # ars: checked below from its update rule
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stats_report_the_weights_used_and_the_best_in_the_objective_sense(name):
+    s = make(name, TEMPLATE, minimize=True, **SMALL)
+    st = s.init(TEMPLATE)
+    new, stats = s.step(st, f_tree, fastes.key(9))
+    expected = _expected_weights(name, s, stats.fitness)
+    if expected is not None:
+        torch.testing.assert_close(stats.weights.double(), expected, rtol=1e-6, atol=1e-7)
+    else:  # ARS: θ' − θ = lr · Σ_i w_i z_i, so the weights reproduce the step
+        z = s._z(fastes.key(9), s._ids(0, 8)).double()
+        step = s.learning_rate(0) * stats.weights.double() @ z
+        torch.testing.assert_close((s.mean(new) - s.mean(st)).double(), step, rtol=1e-5, atol=1e-6)
+    assert stats.minimize is True
+    assert float(stats.best) == float(stats.fitness.min())  # not .max, the worst when minimizing
+    assert isinstance(stats.nan_count, int) and isinstance(stats.inf_count, int)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_follows_the_params_device(name):
+    # Defect: step counters, CMA's σ and IPOP's history were made on the CPU whatever the params'
+    # device. The meta device stands in for a GPU: every state tensor must land on it.
+    p = {"w": torch.zeros(3, 2, device="meta"), "b": torch.zeros(2, device="meta")}
+    s = make(name, p, **SMALL)
+    state = s.init(p)
+    devices = {t.device.type for t in _state_tensors(state)}
+    assert devices == {"meta"}, devices

@@ -1,3 +1,4 @@
+import math
 import os
 import signal
 import subprocess
@@ -135,7 +136,7 @@ def test_bad_arguments_are_named(tmp_path):
     params = {"x": torch.ones(3)}
     strategy = fastes.strategies.make("openai_es", params, population_size=4)
     sphere = lambda p: -(p["x"] ** 2).sum()
-    with pytest.raises(ValueError, match="generations must be a positive int; got 0"):
+    with pytest.raises(ValueError, match="generations must be an int >= 1; got 0"):
         fastes.Trainer(strategy, sphere, key=fastes.key(0), generations=0, params=params)
     with pytest.raises(ValueError, match="mode 'batched' but the strategy was built with"):
         fastes.Trainer(strategy, EnvTask("cartpole"), key=fastes.key(0), generations=1)
@@ -185,3 +186,69 @@ def test_every_strategy_checkpoints_and_resumes_bit_identically(name, tmp_path):
     assert len(a) == len(b)
     for x, y in zip(a, b, strict=True):  # bit-identical; IPOP's history is NaN-padded
         torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)
+
+
+def test_minimize_is_honoured_for_best_goal_and_summaries(tmp_path):
+    # Defect: the Trainer compared raw fitness with `>`: a minimizing CMA-ES stopped "on goal"
+    # after 2 generations at 47.3 and best.pt kept the worst params.
+    params = {"x": torch.full((5,), 3.0)}
+    sphere = lambda q: (q["x"] ** 2).sum()
+    strategy = fastes.strategies.make("cma_es", params, sigma=0.5, minimize=True)
+    trainer = fastes.Trainer(strategy, sphere, key=fastes.key(0), params=params, generations=300,
+                             goal=1e-3, goal_count=2, run_dir=tmp_path, progress=False)  # fmt: skip
+    res = trainer.run()
+    assert res.stop_reason == "goal" and res.best_score <= 1e-3
+    scores = [r["fitness_mean"] for r in res.history]
+    assert res.best_score == min(scores)  # the lowest mean fitness, not the highest
+    assert float(sphere(res.best_params)) < 1.0  # best params solve the problem (start: 45)
+    saved = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert saved["score"] == res.best_score
+    assert all(r["fitness_best"] == r["fitness_min"] for r in res.history)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["minimize"] is True
+
+
+def test_a_run_shorter_than_eval_every_is_evaluated_and_resumes_as_if_not(tmp_path):
+    # Defect: 3 generations with eval_every=10 were never scored (best score -inf, best.pt
+    # absent, `fastes eval --which best` scored the initial params).
+    def trainer(run_dir, generations):
+        t = _cartpole_trainer(run_dir, generations)
+        t.eval_every = 10
+        return t
+
+    short = trainer(tmp_path / "s", 3).run()
+    assert math.isfinite(short.best_score)
+    assert short.history[-1]["final_eval"] == 1 and "score" in short.history[-1]
+    for k in short.params:  # the evaluated params are the final ones
+        assert torch.equal(short.best_params[k], short.params[k])
+    assert torch.load(tmp_path / "s" / "best.pt", weights_only=True)["score"] == short.best_score
+    # Resumed to 12 generations it equals a run that never stopped (history, best, params).
+    resumed = trainer(tmp_path / "s", 12).run(resume=True)
+    full = trainer(tmp_path / "f", 12).run()
+    strip = lambda h: [{k: v for k, v in r.items() if k != "time_s"} for r in h]
+    assert strip(full.history) == strip(resumed.history)
+    assert full.best_score == resumed.best_score
+    for k in full.params:
+        assert torch.equal(full.params[k], resumed.params[k])
+        assert torch.equal(full.best_params[k], resumed.best_params[k])
+
+
+@pytest.mark.parametrize(
+    "damage,match",
+    [
+        (b"", "is empty"),
+        (b"garbage, not a zip file", "cannot be read"),
+        (None, "cannot be read"),  # truncated to half its size
+    ],
+)
+def test_damaged_checkpoints_name_the_file_and_change_nothing(tmp_path, damage, match):
+    _cartpole_trainer(tmp_path, 2).run()
+    path = tmp_path / "checkpoint.pt"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage is None else damage)
+    before = path.read_bytes()
+    with pytest.raises(fastes.trainer.CheckpointError, match=match) as err:
+        _cartpole_trainer(tmp_path, 4).run(resume=True)
+    assert str(path) in str(err.value) and "weights_only" not in str(err.value)
+    assert path.read_bytes() == before
+    with pytest.raises(fastes.trainer.CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")

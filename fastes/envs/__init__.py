@@ -22,7 +22,8 @@ from typing import NamedTuple
 
 import torch
 
-from ..rl.normalization import RunningNorm, merge, moments, running_norm
+from .._validate import positive_int
+from ..normalization import RunningNorm, merge, moments, running_norm
 from . import acrobot, cartpole, mountain_car, pendulum
 
 __all__ = [
@@ -93,8 +94,7 @@ def rollout(
 
 def _tile(state, batch: tuple[int, ...], members: int):
     """Repeat every batch-shaped field of ``state`` over a new leading member dim."""
-    if not isinstance(members, int) or members < 1:
-        raise ValueError(f"members must be a positive int; got {members!r}")
+    positive_int(members, "members")
     n = len(batch)
     return type(state)(*(
         t.expand(members, *t.shape).clone() if t.dim() >= n and tuple(t.shape[:n]) == batch else t

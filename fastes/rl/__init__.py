@@ -2,14 +2,15 @@
 gymnasium adapter.
 
 * :class:`MLPPolicy` — linear / MLP policies (discrete or continuous) as params pytrees.
-* :mod:`fastes.rl.normalization` — running observation mean/std (Salimans 2017, ARS V2).
+* ``fastes.rl.normalization`` — running observation mean/std (Salimans 2017, ARS V2); the
+  module lives in the core as :mod:`fastes.normalization` (ARS uses it too).
 * :class:`EnvTask` — a population on fastes' torch-native envs, one batched program.
 * :class:`GymTask` — a population on any gymnasium env id, across worker processes, with common
   random numbers (one env seed per episode slot per generation, shared by all members).
 """
 
-from . import normalization
-from .normalization import RunningNorm, running_norm
+from .. import normalization
+from ..normalization import RunningNorm, running_norm
 from .policies import MLPPolicy
 from .tasks import EnvTask, FunctionTask
 

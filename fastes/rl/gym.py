@@ -23,8 +23,9 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import torch
 
+from .. import normalization as nz
 from ..noise import philox_uint32_rows
-from . import normalization as nz
+from ..tree import tree_leaves, tree_map
 from .policies import MLPPolicy
 from .tasks import RLTaskMixin
 
@@ -108,6 +109,11 @@ class GymTask(RLTaskMixin):
         normalize_obs: running observation normalisation.
         eval_episodes: episodes of the unperturbed evaluation (seeds from the eval key).
         env_kwargs: passed to ``gymnasium.make`` (e.g. ``max_episode_steps``).
+
+    Worker processes are started with ``spawn`` (safe with threads and CUDA), which re-imports
+    the main module in every worker: a script that uses ``workers > 0`` must keep its top-level
+    code under ``if __name__ == "__main__":``, or each worker would run the script again.
+    Call :meth:`close` (or let the Trainer's CLI do it) to stop the workers.
     """
 
     mode = "batched"
@@ -125,6 +131,11 @@ class GymTask(RLTaskMixin):
         env_kwargs: dict | None = None,
         start_method: str = "spawn",
     ):
+        self._pool: ProcessPoolExecutor | None = None  # first: __del__ runs even if init fails
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)):
+            raise TypeError(f"workers must be an int >= 0 or None; got {workers!r}")
+        if workers is not None and workers < 0:
+            raise ValueError(f"workers must be an int >= 0 or None (all CPUs); got {workers}")
         gym = import_gymnasium()
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs or {})
         env = gym.make(env_id, **self.env_kwargs)
@@ -132,11 +143,8 @@ class GymTask(RLTaskMixin):
             policy = _policy_for(env, tuple(hidden), gym)
         env.close()
         self._setup(policy, episodes, eval_episodes, normalize_obs)
-        self.workers = (os.cpu_count() or 1) if workers is None else int(workers)
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0; got {workers}")
+        self.workers = (os.cpu_count() or 1) if workers is None else workers
         self.start_method = start_method
-        self._pool: ProcessPoolExecutor | None = None
 
     # -- execution ----------------------------------------------------------------------------
     def _map(self, jobs: list) -> list:
@@ -171,11 +179,11 @@ class GymTask(RLTaskMixin):
     # -- the task protocol --------------------------------------------------------------------
     def fitness(self, params, key) -> torch.Tensor:
         """Mean return (M,) of M stacked members over the generation's episodes."""
-        members = params["w0"].shape[0]
-        flat = {k: v.detach().cpu().double().numpy() for k, v in params.items()}
+        members = tree_leaves(params)[0].shape[0]
+        flat = tree_map(lambda v: v.detach().cpu().double().numpy(), params)
         seeds, norm = self.seeds(key, self.episodes), self._norm()
         jobs = [
-            (self.env_id, self.env_kwargs, self.policy, {k: v[m] for k, v in flat.items()},
+            (self.env_id, self.env_kwargs, self.policy, tree_map(lambda v, m=m: v[m], flat),
              norm, seeds, self.normalize_obs)
             for m in range(members)
         ]  # fmt: skip

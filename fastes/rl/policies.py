@@ -69,9 +69,10 @@ class MLPPolicy:
     def sizes(self) -> tuple[int, ...]:
         return (self.obs_dim, *self.hidden, self.act_dim)
 
-    def init(self, key: torch.Tensor, dtype: torch.dtype = torch.float32) -> dict:
-        """Params from ``key``: weights N(0, 1/fan_in) for hidden layers, zero output layer and
-        biases (the initial policy is neutral; ES explores from there, as in ARS)."""
+    def init(self, key: torch.Tensor, dtype: torch.dtype = torch.float32, device=None) -> dict:
+        """Params from ``key`` on ``device`` (default: the key's): weights N(0, 1/fan_in) for
+        hidden layers, zero output layer and biases (the initial policy is neutral; ES explores
+        from there, as in ARS). The values do not depend on the device."""
         check_key(key)
         params = {}
         layers = len(self.sizes) - 1
@@ -80,8 +81,8 @@ class MLPPolicy:
                 w = philox_normal_rows(key, [i], n_in * n_out)[0] / math.sqrt(n_in)
             else:
                 w = torch.zeros(n_in * n_out)
-            params[f"w{i}"] = w.reshape(n_in, n_out).to(dtype)
-            params[f"b{i}"] = torch.zeros(n_out, dtype=dtype)
+            params[f"w{i}"] = w.reshape(n_in, n_out).to(dtype=dtype, device=device)
+            params[f"b{i}"] = torch.zeros(n_out, dtype=dtype, device=device or key.device)
         return params
 
     def act(self, params: dict, obs, norm=None):

@@ -1,71 +1,30 @@
-"""Tasks: what the :class:`fastes.Trainer` trains — a fitness over a population plus the
-bookkeeping around it (an unperturbed evaluation, statistics to log, state to checkpoint).
+"""RL tasks for the :class:`fastes.Trainer` (the protocol: :class:`fastes.tasks.Task`).
 
-A task has ``mode`` (fastes evaluation mode), ``fitness(params, key)`` (the generation's key is
-shared by all members: common random numbers), and optionally ``init_params(key)``,
-``evaluate(params, key) -> dict``, ``end_generation() -> dict``, ``state_dict()`` and
-``load_state_dict(state)``. :class:`FunctionTask` wraps a plain fitness function;
 :class:`EnvTask` runs policies on fastes' torch-native envs; :class:`fastes.rl.gym.GymTask` on
-gymnasium.
+gymnasium. Both keep running observation statistics, log episode lengths and env steps, and
+checkpoint their state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 
 from .. import envs
-from ..evaluate import MODES
-from . import normalization as nz
+from .. import normalization as nz
+from .._validate import positive_int
+from ..tasks import FunctionTask
+from ..tree import tree_leaves, tree_map
 from .policies import MLPPolicy
 
 __all__ = ["EnvTask", "FunctionTask", "RLTaskMixin"]
-
-
-class FunctionTask:
-    """A task from ``fitness_fn(params[, key])`` and optionally ``eval_fn(params, key)``.
-
-    Args:
-        fitness_fn: fitness of one member (``mode="vmap"``/``"loop"``) or of stacked members
-            (``"batched"``); maximized.
-        eval_fn: returns a float (or a dict with ``"score"``) for the unperturbed params.
-        takes_key: pass the generation's key as a second argument to ``fitness_fn``.
-    """
-
-    def __init__(
-        self,
-        fitness_fn: Callable[..., Any],
-        eval_fn: Callable[[Any, torch.Tensor], Any] | None = None,
-        mode: str = "vmap",
-        takes_key: bool = False,
-    ):
-        if not callable(fitness_fn):
-            raise TypeError(f"fitness_fn must be callable; got {type(fitness_fn).__name__}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
-        self.fitness_fn, self.eval_fn, self.mode, self.takes_key = (
-            fitness_fn, eval_fn, mode, takes_key,
-        )  # fmt: skip
-        if eval_fn is None:
-            self.evaluate = None
-
-    def fitness(self, params, key):
-        return self.fitness_fn(params, key) if self.takes_key else self.fitness_fn(params)
-
-    def evaluate(self, params, key) -> dict:
-        out = self.eval_fn(params, key)
-        return dict(out) if isinstance(out, dict) else {"score": float(out)}
 
 
 class RLTaskMixin:
     """Shared by the RL tasks: running observation normalisation, episode statistics."""
 
     def _setup(self, policy: MLPPolicy, episodes: int, eval_episodes: int, normalize_obs: bool):
-        for name, v in (("episodes", episodes), ("eval_episodes", eval_episodes)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int; got {v!r}")
+        positive_int(episodes, "episodes")
+        positive_int(eval_episodes, "eval_episodes")
         self.policy, self.episodes, self.eval_episodes = policy, episodes, eval_episodes
         self.normalize_obs = normalize_obs
         self.norm = nz.running_norm(policy.obs_dim)
@@ -74,7 +33,7 @@ class RLTaskMixin:
         self._gen_lengths: list[torch.Tensor] = []
 
     def init_params(self, key: torch.Tensor) -> dict:
-        return self.policy.init(key)
+        return self.policy.init(key, device=getattr(self, "device", None))
 
     def _observed(self, lengths: torch.Tensor, stats: nz.RunningNorm | None) -> None:
         self.env_steps += int(lengths.sum())
@@ -150,14 +109,14 @@ class EnvTask(RLTaskMixin):
 
     def fitness(self, params, key) -> torch.Tensor:
         """Mean return (M,) of M stacked members' policies over the generation's episodes."""
-        members = params["w0"].shape[0]
+        members = tree_leaves(params)[0].shape[0]
         out = self._rollout(params, key, members, self.episodes)
         self._observed(out.lengths, out.obs_stats)
         return out.returns.mean(-1).float()
 
     def evaluate(self, params, key) -> dict:
         """The unperturbed policy on ``eval_episodes`` episodes: score = mean return."""
-        one = {k: v[None] for k, v in params.items()}
+        one = tree_map(lambda v: v[None], params)
         out = self._rollout(one, key, 1, self.eval_episodes)
         return self._eval_summary(out.returns[0], out.lengths)
 

@@ -18,8 +18,8 @@ from typing import NamedTuple
 
 import torch
 
-from ..es import _positive_int
-from ..rl import normalization as nz
+from .. import normalization as nz
+from .._validate import positive_int
 from ..schedules import resolve
 from ..shaping import shape_fitness
 from .base import Strategy
@@ -55,7 +55,7 @@ class ARS(Strategy):
             raise ValueError(f"sigma must be > 0; got {self.sigma(0)}")
         n_dirs = self.population_size // 2
         b = n_dirs if top_directions is None else top_directions
-        _positive_int(b, "top_directions")
+        positive_int(b, "top_directions")
         if b > n_dirs:
             raise ValueError(f"top_directions must be <= population_size / 2 = {n_dirs}; got {b}")
         self.top, self.obs_dim = b, int(obs_dim)
@@ -65,16 +65,15 @@ class ARS(Strategy):
         return 16
 
     def init(self, params, key=None) -> ARSState:
-        mean = self.raveler.ravel(params).float()
-        z = torch.zeros(self.obs_dim, dtype=torch.float64)
-        gen = torch.zeros((), dtype=torch.int64)
-        return ARSState(mean, torch.zeros((), dtype=torch.float64), z, z.clone(), gen)
+        mean = self._flat_params(params)
+        z = torch.zeros(self.obs_dim, dtype=torch.float64, device=mean.device)
+        count = torch.zeros((), dtype=torch.float64, device=mean.device)
+        return ARSState(mean, count, z, z.clone(), self._counter())
 
     def _members(self, state, key, ids):
         return state.mean + self.sigma(int(state.generation)) * self._z(key, ids)
 
-    def tell(self, state, key, fitness) -> ARSState:
-        fitness = self._check_fitness(fitness)
+    def _tell(self, state, key, fitness):
         r, _ = shape_fitness(
             fitness, "raw", objective_weights=self.objective_weights, minimize=self.minimize
         )
@@ -89,8 +88,11 @@ class ARS(Strategy):
             step[2 * top] = coef * (r_plus[top] - r_minus[top]).float() / 2
             step[2 * top + 1] = -step[2 * top]
         # Σ_top (r⁺ − r⁻) δ_j via the antithetic fold of ±(r⁺ − r⁻)/2 weights.
-        mean = state.mean + self._z_weighted_sum(key, step)
-        return state._replace(mean=mean, generation=state.generation + 1)
+        mean = state.mean + self._z_weighted_sum(key, step).to(state.mean.dtype)
+        # Each member's weight: its coefficient of z_i in the update, per unit learning rate.
+        lr = self.learning_rate(t)
+        weights = step / lr if lr else step
+        return state._replace(mean=mean, generation=state.generation + 1), weights
 
     # -- V2: observation normalisation hook -------------------------------------------------
     def observe(self, state: ARSState, observations: torch.Tensor) -> ARSState:

@@ -9,9 +9,15 @@ its hyperparameters; its state is a NamedTuple of tensors, checkpointable with `
         state, stats = strategy.step(state, fitness_fn, fastes.fold_in(key, t))
     best_guess = strategy.params(state)
 
-``ask(state, key)`` returns the (P, D) flat members and ``tell(state, key, fitness)`` updates the
-state; both regenerate the members' standard-normal noise z_i from (key, i), so nothing of size
-P·D is kept between them. ``step`` evaluates chunk by chunk without materialising all members.
+``ask(state, key)`` returns the members as a batched params pytree (each leaf (P, *shape)) that
+the user evaluates however they like; ``tell(state, key, fitness)`` updates the state. Both
+regenerate the members' standard-normal noise z_i from (key, i), so nothing of size P·D is kept
+between them. ``step`` evaluates chunk by chunk without materialising all members.
+
+State lives on the params' device. The search centre is kept in the params' flat dtype (float32
+for fp16/bf16/fp32 leaves, float64 when a leaf is float64; see :mod:`fastes.tree`), or in float64
+by strategies that adapt a covariance (CMA-ES family, xNES), so ``params(init(p))`` returns ``p``
+exactly.
 Fitness is maximized (``minimize=True`` flips it); non-finite fitness follows fastes.shaping's
 policy: NaN ranks last and is counted, an all-NaN population raises.
 """
@@ -23,8 +29,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch.utils import _pytree as pytree
 
-from ..es import FitnessStats, check_evaluation, check_population, resolve_noise
+from .._validate import (
+    check_callable,
+    check_evaluation,
+    check_finite_flat,
+    check_fitness_args,
+    check_population,
+)
+from ..es import FitnessStats, default_chunk_size, resolve_noise
 from ..evaluate import evaluate_population
 from ..prng import check_key
 from ..shaping import shape_fitness
@@ -35,7 +49,7 @@ __all__ = ["Strategy"]
 
 class Strategy:
     """Base class. Subclasses set ``name``, ``antithetic`` and implement ``init``,
-    ``_members``, ``tell`` and ``mean``."""
+    ``_members``, ``_tell`` and (when the state has no ``mean`` field) ``mean``."""
 
     name = "base"
     antithetic = False
@@ -57,6 +71,8 @@ class Strategy:
             population_size = self.default_population(self.dim)
         check_population(population_size, self.antithetic, f"for {self.name}")
         check_evaluation(mode, chunk_size)
+        if not isinstance(minimize, bool):
+            raise TypeError(f"minimize must be True or False; got {minimize!r}")
         self.population_size = population_size
         self.minimize, self.objective_weights = minimize, objective_weights
         self.mode, self.chunk_size = mode, chunk_size
@@ -70,7 +86,9 @@ class Strategy:
         """Flat members (len(ids), D) for member indices ``ids``."""
         raise NotImplementedError
 
-    def tell(self, state, key: torch.Tensor, fitness: torch.Tensor):
+    def _tell(self, state, key: torch.Tensor, fitness: torch.Tensor):
+        """The update from checked fitness (P,) or (P, K): ``(new_state, weights (P,))``, where
+        ``weights`` are each member's weight in the update (reported in FitnessStats)."""
         raise NotImplementedError
 
     def mean(self, state) -> torch.Tensor:
@@ -95,30 +113,43 @@ class Strategy:
         """The search center as a params pytree (structure, shapes, dtypes of the template)."""
         return self.raveler.unravel(self.mean(state).to(self.raveler.flat_dtype))
 
-    def ask(self, state, key: torch.Tensor) -> torch.Tensor:
-        """All (P, D) flat members for this generation's key."""
+    def ask(self, state, key: torch.Tensor, *, flat: bool = False) -> Any:
+        """This generation's members: a params pytree whose leaves are stacked (P, *shape), in
+        the template's dtypes, ready for a batched or vmapped fitness. ``flat=True`` gives the
+        (P, D) flat members instead."""
         check_key(key)
-        return self._members(state, key, self._ids(0, self.population(state)))
+        members = self._members(state, key, self._ids(0, self.population(state)))
+        members = members.to(self.raveler.flat_dtype)
+        return members if flat else self.raveler.unravel_batch(members)
+
+    def tell(self, state, key: torch.Tensor, fitness: Any):
+        """The new state from this generation's fitness ((P,) or (P, K), a tensor or a list;
+        maximized unless ``minimize=True``), with the same ``key`` as :meth:`ask`."""
+        check_key(key)
+        return self._tell(state, key, self._check_fitness(fitness, state))[0]
 
     def step(self, state, fitness_fn: Callable[..., Any], key: torch.Tensor, fitness_args=()):
         """Ask, evaluate (chunked), tell: returns ``(new_state, FitnessStats)``."""
         check_key(key)
-        if not callable(fitness_fn):
-            raise TypeError(f"fitness_fn must be callable; got {type(fitness_fn).__name__}")
+        check_callable(fitness_fn, "fitness_fn")
+        fitness_args = check_fitness_args(fitness_args)
         P = self.population(state)
-        chunk = self.chunk_size or max(2, (6 * 2**20) // (4 * self.dim))
-        chunk += chunk % 2  # keep antithetic pairs together
+        per_pair = 2 if self.antithetic else 1
+        chunk = self.chunk_size or default_chunk_size(
+            self.dim, self.raveler.flat_dtype, self.raveler.device, per_pair
+        )
+        chunk += chunk % per_pair  # keep antithetic pairs together
         parts = []
         for m0 in range(0, P, chunk):
             members = self._members(state, key, self._ids(m0, min(m0 + chunk, P)))
             out = evaluate_population(
                 fitness_fn, members.to(self.raveler.flat_dtype), self.raveler, mode=self.mode,
-                fitness_args=tuple(fitness_args),
+                fitness_args=fitness_args,
             )  # fmt: skip
             parts.append(out.detach())
-        fitness = torch.cat(parts)
-        new_state = self.tell(state, key, fitness)
-        return new_state, self._stats(fitness)
+        fitness = self._check_fitness(torch.cat(parts), state)
+        new_state, weights = self._tell(state, key, fitness)
+        return new_state, self._stats(fitness, weights)
 
     # -- helpers for subclasses ---------------------------------------------------------------
     def _ids(self, start: int, stop: int) -> torch.Tensor:
@@ -161,18 +192,45 @@ class Strategy:
         """Member indices from best to worst (NaN last, ties by index)."""
         return torch.argsort(self._scores(fitness), descending=True, stable=True)
 
-    def _check_fitness(self, fitness: torch.Tensor) -> torch.Tensor:
+    def _check_fitness(self, fitness: Any, state) -> torch.Tensor:
+        """Fitness as a detached real tensor of shape (P,) or (P, K) on the state's device."""
         if not isinstance(fitness, torch.Tensor):
-            fitness = torch.as_tensor(fitness)
-        if fitness.dim() not in (1, 2) or fitness.shape[0] != self.population_size:
+            try:
+                fitness = torch.as_tensor(fitness)
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise TypeError(
+                    f"fitness must be a tensor or a list of numbers; got {type(fitness).__name__}"
+                    f" ({e})"
+                ) from None
+        P = self.population(state)
+        if fitness.dim() not in (1, 2) or fitness.shape[0] != P:
             raise ValueError(
-                f"fitness must have shape ({self.population_size},) or "
-                f"({self.population_size}, K); got {tuple(fitness.shape)}"
+                f"fitness must have shape ({P},) or ({P}, K); got {tuple(fitness.shape)}"
             )
-        return fitness
+        if fitness.is_complex() or fitness.dtype == torch.bool:
+            raise TypeError(f"fitness must be real numbers; got dtype {fitness.dtype}")
+        return fitness.detach().to(self.raveler.device)
 
-    def _stats(self, fitness: torch.Tensor) -> FitnessStats:
-        w, s = shape_fitness(
-            fitness, objective_weights=self.objective_weights, minimize=self.minimize
-        )
-        return FitnessStats(fitness, w, s.nan_count, s.inf_count)
+    def _stats(self, fitness: torch.Tensor, weights: torch.Tensor) -> FitnessStats:
+        nan = int(torch.isnan(fitness).sum()) if fitness.is_floating_point() else 0
+        inf = int(torch.isinf(fitness).sum()) if fitness.is_floating_point() else 0
+        return FitnessStats(fitness, weights, nan, inf, self.minimize)
+
+    def _flat_params(self, params: Any) -> torch.Tensor:
+        """``params`` (the template's structure and shapes, finite) as the flat (D,) vector."""
+        leaves, spec = pytree.tree_flatten(params)
+        if spec != self.raveler.spec or any(
+            not isinstance(x, torch.Tensor) or x.shape != s
+            for x, s in zip(leaves, self.raveler.shapes)
+        ):
+            raise ValueError(
+                f"params must have the structure and shapes of the template {self.name} was "
+                f"built for ({len(self.raveler.shapes)} leaves, shapes "
+                f"{[tuple(s) for s in self.raveler.shapes]}); got "
+                f"{[tuple(getattr(x, 'shape', ())) for x in leaves]}"
+            )
+        return check_finite_flat(self.raveler.ravel(params))
+
+    def _counter(self) -> torch.Tensor:
+        """A () int64 generation counter on the params' device."""
+        return torch.zeros((), dtype=torch.int64, device=self.raveler.device)

@@ -13,13 +13,13 @@ from typing import NamedTuple
 
 import torch
 
-from ..es import _finite_float
+from .._validate import real
 from ..schedules import resolve
 from .base import Strategy
 
 
 class CEMState(NamedTuple):
-    mean: torch.Tensor  # (D,)
+    mean: torch.Tensor  # (D,) in the params' flat dtype
     sigma: torch.Tensor  # (D,)
     generation: torch.Tensor
 
@@ -39,7 +39,7 @@ class CEM(Strategy):
         **kwargs,
     ):
         super().__init__(params, population_size, **kwargs)
-        self.sigma0 = _finite_float(sigma, "sigma", positive=True)
+        self.sigma0 = real(sigma, "sigma", positive=True)
         if not 0 < elite_ratio <= 1 or math.ceil(elite_ratio * self.population_size) < 2:
             raise ValueError(
                 "elite_ratio must be in (0, 1] and keep at least 2 elites of population_size="
@@ -56,19 +56,19 @@ class CEM(Strategy):
         return max(20, 4 + int(3 * math.log(dim)) * 2)
 
     def init(self, params, key=None) -> CEMState:
-        mean = self.raveler.ravel(params).float()
-        gen = torch.zeros((), dtype=torch.int64)
-        return CEMState(mean, torch.full_like(mean, self.sigma0), gen)
+        mean = self._flat_params(params)
+        return CEMState(mean, torch.full_like(mean, self.sigma0), self._counter())
 
     def _members(self, state, key, ids):
         return state.mean + state.sigma * self._z(key, ids)
 
-    def tell(self, state, key, fitness) -> CEMState:
-        fitness = self._check_fitness(fitness)
+    def _tell(self, state, key, fitness):
         elites = self._order(fitness)[: self.n_elite]
         x = self._members(state, key, elites)  # (k, D), regenerated
         a = self.smoothing
         extra = self.noise_floor(int(state.generation))
         mean = (1 - a) * state.mean + a * x.mean(0)
         sigma = (1 - a) * state.sigma + a * (x.std(0, unbiased=False) + extra)
-        return CEMState(mean, sigma, state.generation + 1)
+        weights = torch.zeros(self.population_size, dtype=mean.dtype, device=mean.device)
+        weights[elites] = a / self.n_elite  # each elite's share of the refit mean
+        return CEMState(mean, sigma, state.generation + 1), weights

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..es import _finite_float
+from .._validate import real
 from .base import Strategy
 
 
@@ -81,20 +81,20 @@ class CMAES(Strategy):
                 f"cma_es keeps a D x D covariance and is for D <= 2000; got D={self.dim}. "
                 "Use 'sep_cma_es'"
             )
-        self.sigma0 = _finite_float(sigma, "sigma", positive=True)
+        self.sigma0 = real(sigma, "sigma", positive=True)
         self.p = cma_parameters(self.dim, self.population_size, self.separable)
 
     def init(self, params, key=None) -> CMAState:
-        mean = self.raveler.ravel(params).double()
+        mean = self._flat_params(params).double()
         n, dev = self.dim, mean.device
         zeros = torch.zeros(n, dtype=torch.float64, device=dev)
         if self.separable:
             C, B = torch.ones(n, dtype=torch.float64, device=dev), zeros.new_zeros(0)
         else:
             C = B = torch.eye(n, dtype=torch.float64, device=dev)
-        sigma = torch.tensor(self.sigma0, dtype=torch.float64)
-        gen = torch.zeros((), dtype=torch.int64)
-        return CMAState(mean, sigma, C, B, torch.ones_like(zeros), zeros, zeros.clone(), gen)
+        sigma = torch.tensor(self.sigma0, dtype=torch.float64, device=dev)
+        D = torch.ones_like(zeros)
+        return CMAState(mean, sigma, C, B, D, zeros, zeros.clone(), self._counter())
 
     def _y(self, state, z):
         """y = B D z (row-wise) for z (m, D) float64."""
@@ -102,10 +102,9 @@ class CMAES(Strategy):
 
     def _members(self, state, key, ids):
         z = self._z(key, ids).double()
-        return (state.mean + state.sigma * self._y(state, z)).float()
+        return state.mean + state.sigma * self._y(state, z)
 
-    def tell(self, state, key, fitness) -> CMAState:
-        fitness = self._check_fitness(fitness)
+    def _tell(self, state, key, fitness):
         p, n = self.p, self.dim
         order = self._order(fitness)  # best first
         z = self._z(key, order).double()  # (λ, D), sorted
@@ -141,7 +140,8 @@ class CMAES(Strategy):
             C = (C + C.T) / 2
             evals, B = torch.linalg.eigh(C)
             D = evals.clamp_min(1e-300).sqrt()
-        return CMAState(mean, sigma, C, B, D, p_sigma, p_c, state.generation + 1)
+        weights = torch.empty_like(w).scatter_(0, order, w)  # member i's recombination weight
+        return CMAState(mean, sigma, C, B, D, p_sigma, p_c, state.generation + 1), weights
 
 
 class SepCMAES(CMAES):

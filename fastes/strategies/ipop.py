@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import torch
 
+from .._validate import positive_int, real
 from .base import Strategy
 from .cma_es import CMAES, CMAState, SepCMAES
 
@@ -27,7 +28,7 @@ class IPOPState(NamedTuple):
     restarts: torch.Tensor  # () int64
     history: torch.Tensor  # (L,) float64 best shaped-fitness per generation, NaN-padded
     best_fitness: torch.Tensor  # () float64, in "larger is better" units
-    best: torch.Tensor  # (D,) float32 best member so far
+    best: torch.Tensor  # (D,) best member so far, in the params' flat dtype
     x0: torch.Tensor  # (D,) float64 the first run's start, centre of the restart points
     generation: torch.Tensor
 
@@ -49,10 +50,12 @@ class IPOP(Strategy):
     ):
         super().__init__(params, population_size, **kwargs)
         self.inner_cls = SepCMAES if separable else CMAES
-        self.sigma0 = sigma
+        self.sigma0 = real(sigma, "sigma", positive=True)
+        positive_int(max_restarts, "max_restarts", 0)
+        self.tol_fun, self.tol_x = real(tol_fun, "tol_fun"), real(tol_x, "tol_x")
         self.kwargs = dict(kwargs)
         self.base_population = self.population_size
-        self.max_restarts, self.tol_fun, self.tol_x = max_restarts, tol_fun, tol_x
+        self.max_restarts = max_restarts
         self._inners: dict[int, CMAES] = {}
         self._template = params
         self.inner(0)  # validates sigma and D now
@@ -71,11 +74,12 @@ class IPOP(Strategy):
 
     def init(self, params, key=None) -> IPOPState:
         inner = self.inner(0).init(params)
-        history = torch.full((self._window(0),), math.nan, dtype=torch.float64)
-        zero = torch.zeros((), dtype=torch.int64)
-        best_f = torch.tensor(-math.inf, dtype=torch.float64)
+        dev = inner.mean.device
+        history = torch.full((self._window(0),), math.nan, dtype=torch.float64, device=dev)
+        best_f = torch.tensor(-math.inf, dtype=torch.float64, device=dev)
+        best = inner.mean.to(self.raveler.flat_dtype)
         return IPOPState(
-            inner, zero, history, best_f, inner.mean.float(), inner.mean.clone(), zero.clone()
+            inner, self._counter(), history, best_f, best, inner.mean.clone(), self._counter()
         )
 
     def _restarts(self, state) -> int:
@@ -90,10 +94,10 @@ class IPOP(Strategy):
     def population(self, state) -> int:
         return self.inner(self._restarts(state)).population_size
 
-    def tell(self, state, key, fitness) -> IPOPState:
+    def _tell(self, state, key, fitness):
         r = self._restarts(state)
         cma = self.inner(r)
-        inner = cma.tell(state.inner, key, fitness)
+        inner, weights = cma._tell(state.inner, key, fitness)
         # Best member so far, in "larger is better" units of the first objective.
         f = fitness if fitness.dim() == 1 else fitness[:, 0]
         f = (-f if self.minimize else f).double()
@@ -103,6 +107,7 @@ class IPOP(Strategy):
         if f[i] > best_f:
             best_f = f[i]
             best = cma._members(state.inner, key, self._ids(i, i + 1))[0]
+            best = best.to(self.raveler.flat_dtype)
         history = torch.roll(state.history, 1)
         history[0] = f[i]
         span = history.max() - history.min() if not torch.isnan(history).any() else math.inf
@@ -118,6 +123,6 @@ class IPOP(Strategy):
             z = nxt._z(key, self._ids(0, 1))[0].double()
             start = state.x0 + self.sigma0 * z
             inner = nxt.init(self.raveler.unravel(start.to(self.raveler.flat_dtype)))
-            history = torch.full((self._window(r),), math.nan, dtype=torch.float64)
-        restarts = torch.tensor(r, dtype=torch.int64)
-        return IPOPState(inner, restarts, history, best_f, best, state.x0, gen)
+            history = history.new_full((self._window(r),), math.nan)
+        restarts = torch.full_like(state.restarts, r)
+        return IPOPState(inner, restarts, history, best_f, best, state.x0, gen), weights

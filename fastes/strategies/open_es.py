@@ -1,8 +1,11 @@
 """OpenAI-ES (Salimans et al. 2017, https://arxiv.org/abs/1703.03864) as a strategy.
 
 Antithetic members θ ± σz, shaped fitness w (centered ranks by default), the estimate
-ĝ = 1/(Pσ) Σ_i w_i z_i, decoupled weight decay, and any ``fastes.optim`` optimizer for the step
-(Adam by default, as in the paper). ``sigma`` and the optimizer's learning rate may be schedules.
+ĝ = 1/(Pσ) Σ_i w_i z_i — the same estimator as :func:`fastes.es_step`, which is this strategy
+with ``optimizer=fastes.optim.sgd(learning_rate)`` — and any ``fastes.optim`` optimizer for the
+step (Adam by default, as in the paper). ``weight_decay`` is decoupled (AdamW's form): the
+optimizer's update is followed by θ ← θ − learning_rate·weight_decay·θ, whatever the optimizer.
+``sigma`` and the learning rate may be schedules.
 """
 
 from __future__ import annotations
@@ -12,14 +15,16 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import optim
-from ..es import _finite_float
+from .._validate import check_callable, check_fitness_args, real
+from ..es import _flat_estimate
+from ..prng import check_key
 from ..schedules import resolve
 from ..shaping import METHODS
 from .base import Strategy
 
 
 class OpenESState(NamedTuple):
-    mean: torch.Tensor  # (D,)
+    mean: torch.Tensor  # (D,) in the params' flat dtype
     opt_state: Any
     generation: torch.Tensor  # () int64
 
@@ -42,29 +47,56 @@ class OpenES(Strategy):
     ):
         super().__init__(params, population_size, **kwargs)
         self.sigma = resolve(sigma, "sigma")
-        if self.sigma(0) <= 0:
-            raise ValueError(f"sigma must be > 0; got {self.sigma(0)}")
+        real(self.sigma(0), "sigma", positive=True)
+        self.learning_rate = resolve(learning_rate, "learning_rate")
         if shaping not in METHODS:
             raise ValueError(f"shaping must be one of {METHODS}; got {shaping!r}")
         self.shaping = shaping
-        self.weight_decay = _finite_float(weight_decay, "weight_decay")
-        self.optimizer = optimizer if optimizer is not None else optim.adam(learning_rate)
+        self.weight_decay = real(weight_decay, "weight_decay")
+        if optimizer is None:
+            optimizer = optim.adam(self.learning_rate)
+        elif not isinstance(optimizer, optim.GradientTransformation):
+            raise TypeError(
+                "optimizer must be a fastes.optim transformation (e.g. fastes.optim.adam(0.01));"
+                f" got {type(optimizer).__name__}"
+            )
+        if self.weight_decay:
+            decay = optim.add_decayed_weights(self.weight_decay, self.learning_rate)
+            optimizer = optim.chain(optimizer, decay)
+        self.optimizer = optimizer
 
     default_population = staticmethod(Strategy.paired_population)
 
     def init(self, params, key=None) -> OpenESState:
-        mean = self.raveler.ravel(params).float()
-        return OpenESState(mean, self.optimizer.init(mean), torch.zeros((), dtype=torch.int64))
+        mean = self._flat_params(params)
+        return OpenESState(mean, self.optimizer.init(mean), self._counter())
 
     def _members(self, state, key, ids):
         return state.mean + self.sigma(int(state.generation)) * self._z(key, ids)
 
-    def tell(self, state, key, fitness) -> OpenESState:
-        fitness = self._check_fitness(fitness)
-        sigma = self.sigma(int(state.generation))
-        w = self._scores(fitness, self.shaping)
-        g = self._z_weighted_sum(key, w) / (self.population_size * sigma)
-        if self.weight_decay:
-            g = g - self.weight_decay * state.mean
+    def _update(self, state, g) -> OpenESState:
         updates, opt_state = self.optimizer.update(g, state.opt_state, state.mean)
         return OpenESState(state.mean + updates, opt_state, state.generation + 1)
+
+    def _tell(self, state, key, fitness):
+        sigma = self.sigma(int(state.generation))
+        w = self._scores(fitness, self.shaping)
+        g = self._z_weighted_sum(key, w).to(state.mean.dtype) / (self.population_size * sigma)
+        return self._update(state, g), w
+
+    def step(self, state, fitness_fn, key, fitness_args=()):
+        """One generation through :func:`fastes.es_step`'s estimator (chunked evaluation, noise
+        rows kept for the gradient while they fit its memory budget)."""
+        check_key(key)
+        check_callable(fitness_fn, "fitness_fn")
+        g, stats = _flat_estimate(
+            state.mean, self.raveler, fitness_fn, key,
+            population_size=self.population_size, sigma=self.sigma(int(state.generation)),
+            antithetic=True, shaping=self.shaping, objective_weights=self.objective_weights,
+            minimize=self.minimize, mode=self.mode, chunk_size=self.chunk_size,
+            noise=self.noise, fitness_args=check_fitness_args(fitness_args),
+        )  # fmt: skip
+        return self._update(state, g), stats
+
+
+__all__ = ["OpenES", "OpenESState"]

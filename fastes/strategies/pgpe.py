@@ -16,12 +16,12 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import optim
-from ..es import _finite_float
+from .._validate import real
 from .base import Strategy
 
 
 class PGPEState(NamedTuple):
-    mean: torch.Tensor  # (D,)
+    mean: torch.Tensor  # (D,) in the params' flat dtype
     sigma: torch.Tensor  # (D,)
     opt_state: Any
     generation: torch.Tensor
@@ -44,9 +44,9 @@ class PGPE(Strategy):
         **kwargs,
     ):
         super().__init__(params, population_size, **kwargs)
-        self.sigma0 = _finite_float(sigma, "sigma", positive=True)
-        self.stdev_lr = _finite_float(stdev_learning_rate, "stdev_learning_rate")
-        self.max_change = _finite_float(stdev_max_change, "stdev_max_change")
+        self.sigma0 = real(sigma, "sigma", positive=True)
+        self.stdev_lr = real(stdev_learning_rate, "stdev_learning_rate")
+        self.max_change = real(stdev_max_change, "stdev_max_change")
         if self.max_change >= 1:
             raise ValueError(f"stdev_max_change must be in [0, 1); got {self.max_change}")
         self.optimizer = optimizer if optimizer is not None else optim.clipup(center_learning_rate)
@@ -54,16 +54,14 @@ class PGPE(Strategy):
     default_population = staticmethod(Strategy.paired_population)
 
     def init(self, params, key=None) -> PGPEState:
-        mean = self.raveler.ravel(params).float()
+        mean = self._flat_params(params)
         sigma = torch.full_like(mean, self.sigma0)
-        gen = torch.zeros((), dtype=torch.int64)
-        return PGPEState(mean, sigma, self.optimizer.init(mean), gen)
+        return PGPEState(mean, sigma, self.optimizer.init(mean), self._counter())
 
     def _members(self, state, key, ids):
         return state.mean + state.sigma * self._z(key, ids)
 
-    def tell(self, state, key, fitness) -> PGPEState:
-        fitness = self._check_fitness(fitness)
+    def _tell(self, state, key, fitness):
         f = self._scores(fitness)  # centered ranks, (P,)
         n = self.population_size // 2
         # Σ_j (f⁺−f⁻)/2 z_j: the antithetic fold of weights f/2 gives exactly that.
@@ -76,4 +74,4 @@ class PGPE(Strategy):
         sigma = torch.minimum(torch.maximum(sigma, state.sigma * (1 - self.max_change)),
                               state.sigma * (1 + self.max_change))  # fmt: skip
         updates, opt_state = self.optimizer.update(grad_mean, state.opt_state, state.mean)
-        return PGPEState(state.mean + updates, sigma, opt_state, state.generation + 1)
+        return PGPEState(state.mean + updates, sigma, opt_state, state.generation + 1), f

@@ -17,13 +17,13 @@ from typing import NamedTuple
 
 import torch
 
-from ..es import _finite_float
+from .._validate import real
 from ..schedules import resolve
 from .base import Strategy
 
 
 class SNESState(NamedTuple):
-    mean: torch.Tensor  # (D,)
+    mean: torch.Tensor  # (D,) in the params' flat dtype
     sigma: torch.Tensor  # (D,)
     generation: torch.Tensor
 
@@ -43,11 +43,11 @@ class NESBase(Strategy):
         **kwargs,
     ):
         super().__init__(params, population_size, **kwargs)
-        self.sigma0 = _finite_float(sigma, "sigma", positive=True)
+        self.sigma0 = real(sigma, "sigma", positive=True)
         self.eta_mu = resolve(mean_learning_rate, "mean_learning_rate")  # number or schedule
         if sigma_learning_rate is None:
             sigma_learning_rate = self.default_sigma_rate(self.dim)
-        self.eta_sigma = _finite_float(sigma_learning_rate, "sigma_learning_rate")
+        self.eta_sigma = real(sigma_learning_rate, "sigma_learning_rate")
 
     @staticmethod
     def default_sigma_rate(dim: int) -> float:
@@ -62,18 +62,16 @@ class SNES(NESBase):
         return (3 + math.log(dim)) / (5 * math.sqrt(dim))
 
     def init(self, params, key=None) -> SNESState:
-        mean = self.raveler.ravel(params).float()
-        gen = torch.zeros((), dtype=torch.int64)
-        return SNESState(mean, torch.full_like(mean, self.sigma0), gen)
+        mean = self._flat_params(params)
+        return SNESState(mean, torch.full_like(mean, self.sigma0), self._counter())
 
     def _members(self, state, key, ids):
         return state.mean + state.sigma * self._z(key, ids)
 
-    def tell(self, state, key, fitness) -> SNESState:
-        fitness = self._check_fitness(fitness)
+    def _tell(self, state, key, fitness):
         u = self._scores(fitness, "nes")
         grad_mu = self._z_weighted_sum(key, u)
         grad_sigma = self._z_sq_weighted_sum(key, u) - u.sum()
         mean = state.mean + self.eta_mu(int(state.generation)) * state.sigma * grad_mu
         sigma = state.sigma * torch.exp(0.5 * self.eta_sigma * grad_sigma)
-        return SNESState(mean, sigma, state.generation + 1)
+        return SNESState(mean, sigma, state.generation + 1), u

@@ -45,17 +45,16 @@ class XNES(NESBase):
         return 3 * (3 + math.log(dim)) / (5 * dim * math.sqrt(dim))
 
     def init(self, params, key=None) -> XNESState:
-        mean = self.raveler.ravel(params).double()
+        mean = self._flat_params(params).double()
         eye = torch.eye(self.dim, dtype=torch.float64, device=mean.device)
-        gen = torch.zeros((), dtype=torch.int64)
-        return XNESState(mean, torch.tensor(self.sigma0, dtype=torch.float64), eye, gen)
+        sigma = torch.tensor(self.sigma0, dtype=torch.float64, device=mean.device)
+        return XNESState(mean, sigma, eye, self._counter())
 
     def _members(self, state, key, ids):
         z = self._z(key, ids).double()
-        return (state.mean + state.sigma * z @ state.B.T).float()
+        return state.mean + state.sigma * z @ state.B.T
 
-    def tell(self, state, key, fitness) -> XNESState:
-        fitness = self._check_fitness(fitness)
+    def _tell(self, state, key, fitness):
         u = self._scores(fitness, "nes").double()  # (P,)
         z = self._z(key, self._ids(0, self.population_size)).double()  # (P, D)
         eye = torch.eye(self.dim, dtype=torch.float64, device=z.device)
@@ -66,4 +65,4 @@ class XNES(NESBase):
         mean = state.mean + self.eta_mu(int(state.generation)) * state.sigma * (state.B @ g_delta)
         sigma = state.sigma * torch.exp(0.5 * self.eta_sigma * g_sigma)
         B = state.B @ torch.linalg.matrix_exp(0.5 * self.eta_sigma * g_b)
-        return XNESState(mean, sigma, B, state.generation + 1)
+        return XNESState(mean, sigma, B, state.generation + 1), u

@@ -1,4 +1,5 @@
-"""Running observation normalisation (Salimans et al. 2017 §2.2; Mania et al. 2018, ARS V2).
+"""Running mean and variance for observation normalisation (Salimans et al. 2017 §2.2; Mania
+et al. 2018, ARS V2).
 
 The statistics are a NamedTuple of float64 tensors (count, mean, M2 = Σ (x − mean)²), merged
 batch by batch with Chan et al.'s parallel update, so any split of the same observations into
