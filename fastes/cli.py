@@ -22,7 +22,7 @@ import sys
 
 import torch
 
-from . import envs, schedules, strategies
+from . import distributed, envs, schedules, strategies
 from ._io import write_json
 from .prng import fold_in, key
 from .rl.tasks import EnvTask
@@ -33,7 +33,7 @@ __all__ = ["FLAGS", "PRESETS", "build", "check_flags", "knobs", "main"]
 _COMMON = dict(
     strategy="openai_es", generations=200, population=64, sigma=0.1, lr=0.05, sigma_decay=1.0,
     lr_decay=1.0, hidden="16", episodes=4, normalize_obs=True, goal=None, goal_count=3,
-    eval_every=5, eval_episodes=10, workers=None, seed=0, checkpoint_every=10,
+    eval_every=5, eval_episodes=10, workers=None, seed=0, checkpoint_every=None,
 )  # fmt: skip
 
 # Settings per built-in task: a starting point (measured results in the README), not a law.
@@ -223,10 +223,23 @@ def _train(args) -> int:
         "runs", f"{args.task.replace(':', '_')}-{config['seed']}"
     )
     if os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
-        raise SystemExit(f"{run_dir} already holds a run: `fastes resume {run_dir}` continues it")
+        if not _restarted_by_torchrun():
+            raise SystemExit(
+                f"{run_dir} already holds a run: `fastes resume {run_dir}` continues it"
+            )
+        # torchrun restarted the group (a worker died, or a node joined or left): the same
+        # command continues the run from its last checkpoint, if it is this run.
+        if _load_config(run_dir) != json.loads(json.dumps(config, default=str)):
+            raise SystemExit(f"{run_dir} holds a different run than this command's")
+        return _run(_trainer(config, run_dir, not args.no_progress), run_dir, resume=True)
     trainer = _trainer(config, run_dir, progress=not args.no_progress)  # validates everything
-    write_json(os.path.join(run_dir, "config.json"), config)
+    if distributed.is_main():
+        write_json(os.path.join(run_dir, "config.json"), config)
     return _run(trainer, run_dir, resume=False)
+
+
+def _restarted_by_torchrun() -> bool:
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
 def _run(trainer: Trainer, run_dir: str, resume: bool) -> int:
@@ -235,8 +248,9 @@ def _run(trainer: Trainer, run_dir: str, resume: bool) -> int:
         result = trainer.run(resume=resume)
     finally:
         getattr(trainer.task, "close", lambda: None)()
-    print(f"stopped: {result.stop_reason} after {result.generation} generations; "
-          f"best score {result.best_score:.4g}; run in {run_dir}")  # fmt: skip
+    if distributed.is_main():
+        print(f"stopped: {result.stop_reason} after {result.generation} generations; "
+              f"best score {result.best_score:.4g}; run in {run_dir}")  # fmt: skip
     return 0
 
 
@@ -278,7 +292,7 @@ def _resume(args) -> int:
     if args.generations is not None:
         config["generations"] = args.generations
     trainer = _trainer(config, args.run_dir, progress=not args.no_progress)
-    if args.generations is not None:
+    if args.generations is not None and distributed.is_main():
         write_json(os.path.join(args.run_dir, "config.json"), config)
     return _run(trainer, args.run_dir, resume=True)
 
@@ -381,6 +395,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    if args.func in (_train, _resume):
+        distributed.init()  # under torchrun: join the group (a no-op otherwise)
     try:
         return args.func(args)
     except CheckpointError as e:

@@ -18,7 +18,16 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["RunningNorm", "running_norm", "moments", "merge", "mean_std", "normalize"]
+__all__ = [
+    "RunningNorm",
+    "combine",
+    "mean_std",
+    "merge",
+    "moments",
+    "moments_by_member",
+    "normalize",
+    "running_norm",
+]
 
 
 class RunningNorm(NamedTuple):
@@ -50,18 +59,50 @@ def moments(obs: torch.Tensor, mask: torch.Tensor | None = None) -> RunningNorm:
     return RunningNorm(n.cpu(), mean.cpu(), m2.cpu())
 
 
+def moments_by_member(obs: torch.Tensor, mask: torch.Tensor | None = None) -> RunningNorm:
+    """Statistics per leading index of ``obs`` (M, ..., obs_dim): count (M,), mean and M2
+    (M, obs_dim); ``mask`` (M, ...) keeps only True rows. Members without a row get zeros."""
+    x = torch.as_tensor(obs).to(torch.float64).reshape(obs.shape[0], -1, obs.shape[-1])
+    if mask is None:
+        w = torch.ones(x.shape[:2], dtype=torch.float64, device=x.device)
+    else:
+        w = torch.as_tensor(mask).reshape(x.shape[:2]).to(torch.float64)
+    n = w.sum(1)  # (M,)
+    mean = (w[..., None] * x).sum(1) / n.clamp_min(1)[:, None]
+    m2 = (w[..., None] * (x - mean[:, None]).square()).sum(1)
+    return RunningNorm(n, mean, m2)
+
+
 def merge(a: RunningNorm, b: RunningNorm) -> RunningNorm:
-    """Statistics of the union of the observations behind ``a`` and ``b`` (Chan et al. 1979)."""
-    if a.mean.shape != b.mean.shape:
+    """Statistics of the union of the observations behind ``a`` and ``b`` (Chan et al. 1979);
+    statistics with a leading member dim (count (M,)) merge member by member."""
+    if a.mean.shape[-1] != b.mean.shape[-1]:
         raise ValueError(
-            f"cannot merge statistics of {a.mean.numel()} and {b.mean.numel()} features"
+            f"cannot merge statistics of {a.mean.shape[-1]} and {b.mean.shape[-1]} features"
         )
     n = a.count + b.count
-    if float(n) == 0:
+    if n.dim() == 0 and float(n) == 0:
         return a
+    safe = torch.where(n > 0, n, 1.0)  # members with no observations keep a's (zero) values
     delta = b.mean - a.mean
-    mean = a.mean + delta * (b.count / n)
-    m2 = a.m2 + b.m2 + delta.square() * (a.count * b.count / n)
+    mean = a.mean + delta * (b.count / safe)[..., None]
+    m2 = a.m2 + b.m2 + delta.square() * (a.count * b.count / safe)[..., None]
+    return RunningNorm(n, mean, m2)
+
+
+def combine(per_member: RunningNorm) -> RunningNorm:
+    """One set of statistics from per-member ones (count (M,), mean / M2 (M, obs_dim)), by the
+    pooled formula: n = Σ n_i, mean = Σ n_i·mean_i / n, M2 = Σ M2_i + Σ n_i·(mean_i − mean)².
+
+    Fixed-shape reductions over the member dim, so the result depends only on the (M, ...)
+    tensors, not on how members were split between processes.
+    """
+    n = per_member.count.sum()
+    if float(n) == 0:
+        return running_norm(per_member.mean.shape[-1])
+    w = per_member.count[:, None]
+    mean = (w * per_member.mean).sum(0) / n
+    m2 = per_member.m2.sum(0) + (w * (per_member.mean - mean).square()).sum(0)
     return RunningNorm(n, mean, m2)
 
 

@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils import _pytree as pytree
 
+from . import distributed
 from ._io import atomic_write
 from ._validate import positive_int
 from .prng import check_key, fold_in, split
@@ -81,7 +82,10 @@ class Trainer:
             minimizes) on ``goal_count`` scorings in a row.
         eval_every: generations between unperturbed evaluations (0: never).
         run_dir: where checkpoints and logs go (None: nothing is written).
-        checkpoint_every: generations between checkpoints (the last generation always saves).
+        checkpoint_every: generations between checkpoints (the last generation always saves);
+            default 10, and 1 under torch.distributed (a restarted group resumes from it).
+        check_every: under torch.distributed, generations between checks that every rank holds
+            the same strategy state (a mismatch raises, naming the ranks).
         csv, tensorboard, plot: history.csv, TensorBoard events, curve.png in ``run_dir``.
         progress: a tqdm progress bar (printed lines when tqdm is missing; False: silent).
         config: a JSON-able dict stored in checkpoints (the CLI rebuilds runs from it).
@@ -99,7 +103,8 @@ class Trainer:
         goal_count: int = 1,
         eval_every: int = 10,
         run_dir: str | os.PathLike | None = None,
-        checkpoint_every: int = 10,
+        checkpoint_every: int | None = None,
+        check_every: int = 10,
         csv: bool = True,
         tensorboard: bool = False,
         plot: bool = False,
@@ -125,9 +130,16 @@ class Trainer:
         if not isinstance(eval_every, int) or eval_every < 0:
             raise ValueError(f"eval_every must be an int >= 0; got {eval_every!r}")
         self.eval_every = eval_every
+        self.group = distributed.current()
+        if checkpoint_every is None:
+            checkpoint_every = 10 if self.group is None else 1
         self.checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
+        self.check_every = positive_int(check_every, "check_every")
         self.run_dir = None if run_dir is None else os.fspath(run_dir)
-        self.csv, self.tensorboard, self.plot, self.progress = csv, tensorboard, plot, progress
+        # Under torch.distributed every rank trains; rank 0 alone writes files and prints.
+        self._main = distributed.is_main()
+        self.csv, self.tensorboard, self.plot = csv, tensorboard, plot
+        self.progress = progress and self._main
         self.config = dict(config or {})
         gen_key, init_key = split(key)
         self._gen_key = gen_key
@@ -143,6 +155,14 @@ class Trainer:
         self.best_score = math.inf if self.minimize else -math.inf
         self.best_flat = strategy.mean(self.state).clone()
         self.streak = 0
+        # Ranks must agree on the run before any collective inside a step (a different P or key
+        # would otherwise hang in a gather or silently train a different run).
+        distributed.check_consistent("the run (strategy, population, key, task, params)", {
+            "strategy": strategy.name, "population": strategy.population_size,
+            "dim": strategy.dim, "minimize": strategy.minimize, "key": key,
+            "task": type(self.task).__name__, "generations": self.generations,
+            "goal": self.goal, "eval_every": self.eval_every, "state": self.state,
+        })  # fmt: skip
         # The provisional evaluation of a run's last generation: {"score", "flat", "keys"}.
         self.final: dict | None = None
         self._writer = None
@@ -191,6 +211,10 @@ class Trainer:
             record["time_s"] = time.perf_counter() - t0
             self.history.append(record)
             self.generation = g + 1
+            if self.group is not None and self.generation % self.check_every == 0:
+                distributed.check_consistent(
+                    f"the strategy state after generation {self.generation}", self.state
+                )
             self._log(record, bar)
             if self.generation % self.checkpoint_every == 0 or stop == "goal":
                 self.save()
@@ -231,7 +255,7 @@ class Trainer:
         return a < b if self.minimize else a > b
 
     def _write_best(self, score: float, flat: torch.Tensor | None = None) -> None:
-        if self.run_dir is None:
+        if self.run_dir is None or not self._main:
             return
         rav = self.strategy.raveler
         params = self.strategy.params(self.state) if flat is None else rav.unravel(
@@ -287,8 +311,8 @@ class Trainer:
         }
 
     def save(self) -> None:
-        """Write ``run_dir/checkpoint.pt`` (and history.csv / curve.png) atomically."""
-        if self.run_dir is None:
+        """Write ``run_dir/checkpoint.pt`` (and history.csv / curve.png) atomically (rank 0)."""
+        if self.run_dir is None or not self._main:
             return
         ckpt = self.checkpoint()
         atomic_write(self._path("checkpoint.pt"), lambda fh: torch.save(ckpt, fh))
@@ -348,7 +372,7 @@ class Trainer:
         if self._better(final["score"], self.best_score):
             if math.isfinite(self.best_score):
                 self._write_best(self.best_score, self.best_flat)
-            elif self.run_dir is not None and os.path.exists(self._path("best.pt")):
+            elif self._main and self.run_dir is not None and os.path.exists(self._path("best.pt")):
                 os.unlink(self._path("best.pt"))
 
     # -- logging ------------------------------------------------------------------------------
@@ -372,7 +396,7 @@ class Trainer:
         elif self.progress and ("score" in record or record["generation"] % 10 == 0):
             extra = f", score {record['score']:.4g}" if "score" in record else ""
             print(f"gen {record['generation']}: fitness {record['fitness_mean']:.4g}{extra}")
-        if self.tensorboard and self.run_dir is not None:
+        if self.tensorboard and self.run_dir is not None and self._main:
             if self._writer is None:
                 self._writer = _summary_writer(self._path("tb"), purge_step=record["generation"])
             for k, v in record.items():

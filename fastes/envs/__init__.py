@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 
 from .._validate import positive_int
-from ..normalization import RunningNorm, merge, moments, running_norm
+from ..normalization import RunningNorm, merge, moments, moments_by_member, running_norm
 from . import acrobot, cartpole, mountain_car, pendulum
 
 __all__ = [
@@ -56,7 +56,7 @@ def get(name: str) -> ModuleType:
 class Rollout(NamedTuple):
     returns: torch.Tensor  # (*batch,) float64, sum of rewards
     lengths: torch.Tensor  # (*batch,) int64, steps until terminated or truncated
-    obs_stats: RunningNorm  # moments of every observation the policy acted on
+    obs_stats: RunningNorm  # moments of the observations acted on (per member with `members`)
 
 
 def rollout(
@@ -73,7 +73,10 @@ def rollout(
     running normalisation; only live envs count).
 
     ``members=M`` runs M copies of the batch, shape (M, *batch), that share their start states
-    (common random numbers: every member of a population plays the same episodes).
+    (common random numbers: every member of a population plays the same episodes); the
+    observation moments are then per member (count (M,), mean and M2 (M, OBS_DIM)), so that
+    populations split over processes pool them the same way
+    (:func:`fastes.normalization.combine`).
     """
     state = env.reset(key, batch, device)
     if members is not None:
@@ -82,8 +85,13 @@ def rollout(
     total = torch.zeros(batch, dtype=torch.float64, device=state.done.device)
     length = torch.zeros(batch, dtype=torch.int64, device=state.done.device)
     stats = running_norm(env.OBS_DIM) if observe else None
+    if observe and members is not None:
+        z = torch.zeros(members, env.OBS_DIM, dtype=torch.float64, device=state.done.device)
+        stats = RunningNorm(z[:, 0].clone(), z, z.clone())
     while not bool(state.done.all()):
-        if observe:
+        if observe and members is not None:
+            stats = merge(stats, moments_by_member(state.obs, ~state.done))
+        elif observe:
             stats = merge(stats, moments(state.obs, ~state.done))
         live = ~state.done
         state, reward, _, _ = env.step(state, policy(state.obs))

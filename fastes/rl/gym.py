@@ -188,9 +188,15 @@ class GymTask(RLTaskMixin):
             for m in range(members)
         ]  # fmt: skip
         results = self._map(jobs)
-        for _, lengths, stats in results:  # member order: deterministic merge
-            moments = None if stats is None else nz.RunningNorm(*map(torch.as_tensor, stats))
-            self._observed(torch.as_tensor(lengths), moments)
+        lengths = torch.as_tensor(np.stack([n for _, n, _ in results]))  # (M, episodes)
+        moments = None
+        if self.normalize_obs:  # per member, in member order
+            per_member = [s for _, _, s in results]  # (count, mean, M2) of each member
+            moments = nz.RunningNorm(*(
+                torch.as_tensor(np.stack([np.asarray(s[j], dtype=np.float64) for s in per_member]))
+                for j in range(3)
+            ))  # fmt: skip
+        self._observed(lengths, moments)
         return torch.tensor([r.mean() for r, _, _ in results], dtype=torch.float32)
 
     def evaluate(self, params, key) -> dict:

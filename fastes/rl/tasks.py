@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import envs
+from .. import distributed, envs
 from .. import normalization as nz
 from .._validate import positive_int
 from ..tasks import FunctionTask
@@ -28,26 +28,38 @@ class RLTaskMixin:
         self.policy, self.episodes, self.eval_episodes = policy, episodes, eval_episodes
         self.normalize_obs = normalize_obs
         self.norm = nz.running_norm(policy.obs_dim)
-        self._pending = nz.running_norm(policy.obs_dim)
         self.env_steps = 0
-        self._gen_lengths: list[torch.Tensor] = []
+        self._rows: list[torch.Tensor] = []  # per member: [episode lengths, count, mean, M2]
 
     def init_params(self, key: torch.Tensor) -> dict:
         return self.policy.init(key, device=getattr(self, "device", None))
 
     def _observed(self, lengths: torch.Tensor, stats: nz.RunningNorm | None) -> None:
-        self.env_steps += int(lengths.sum())
-        self._gen_lengths.append(lengths.reshape(-1).double())
-        if stats is not None:
-            self._pending = nz.merge(self._pending, stats)
+        """Record M members' episode lengths (M, E) and observation moments (per member:
+        count (M,), mean and M2 (M, obs_dim)), in member order."""
+        lengths = lengths.reshape(lengths.shape[0], -1).double().cpu()
+        if stats is None:
+            z = torch.zeros(lengths.shape[0], self.policy.obs_dim, dtype=torch.float64)
+            stats = nz.RunningNorm(z[:, 0], z, z)
+        parts = [lengths, stats.count.cpu()[:, None], stats.mean.cpu(), stats.m2.cpu()]
+        self._rows.append(torch.cat(parts, dim=1))
 
     def end_generation(self) -> dict:
-        """Fold this generation's observations into the normaliser; return its statistics."""
+        """Fold this generation's observations into the normaliser; return its statistics.
+
+        Under torch.distributed each rank saw its own members: the per-member records are
+        gathered in member order and pooled by fixed-shape reductions, so every rank, on any
+        number of processes, gets the same normaliser."""
+        d = self.policy.obs_dim
+        if not self._rows:
+            return {"episode_length": float("nan"), "env_steps": self.env_steps}
+        rows = distributed.gather_varying(torch.cat(self._rows))  # (P, E + 1 + 2d)
+        self._rows = []
+        lengths = rows[:, : -(1 + 2 * d)]
+        stats = nz.RunningNorm(rows[:, -(1 + 2 * d)], rows[:, -2 * d : -d], rows[:, -d:])
         if self.normalize_obs:
-            self.norm = nz.merge(self.norm, self._pending)
-        self._pending = nz.running_norm(self.policy.obs_dim)
-        lengths = torch.cat(self._gen_lengths) if self._gen_lengths else torch.zeros(1)
-        self._gen_lengths = []
+            self.norm = nz.merge(self.norm, nz.combine(stats))
+        self.env_steps += int(lengths.sum())
         return {"episode_length": float(lengths.mean()), "env_steps": self.env_steps}
 
     @staticmethod

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
+from .. import distributed
 from .._validate import (
     check_callable,
     check_evaluation,
@@ -139,15 +140,21 @@ class Strategy:
             self.dim, self.raveler.flat_dtype, self.raveler.device, per_pair
         )
         chunk += chunk % per_pair  # keep antithetic pairs together
+        # Under torch.distributed this rank evaluates its slice of the members (whole pairs).
+        group = distributed.current()
+        lo, hi = (per_pair * r for r in distributed.member_range(P // per_pair, group))
         parts = []
-        for m0 in range(0, P, chunk):
-            members = self._members(state, key, self._ids(m0, min(m0 + chunk, P)))
+        for m0 in range(lo, hi, chunk):
+            members = self._members(state, key, self._ids(m0, min(m0 + chunk, hi)))
             out = evaluate_population(
                 fitness_fn, members.to(self.raveler.flat_dtype), self.raveler, mode=self.mode,
                 fitness_args=fitness_args,
             )  # fmt: skip
             parts.append(out.detach())
-        fitness = self._check_fitness(torch.cat(parts), state)
+        fitness = torch.cat(parts)
+        if group is not None:
+            fitness = distributed.gather_rows(fitness, P // per_pair, per_pair, group)
+        fitness = self._check_fitness(fitness, state)
         new_state, weights = self._tell(state, key, fitness)
         return new_state, self._stats(fitness, weights)
 

@@ -1,0 +1,43 @@
+"""Run by tests/test_distributed.py under torchrun: a few generations of each fastes entry point,
+then rank 0 writes the final params / states to OUT (torch.save) for comparison across world
+sizes. Every collective runs under fastes.distributed's timeout."""
+
+import sys
+
+import torch
+
+import fastes
+from fastes import distributed
+
+
+def sphere(p):
+    return -sum(((leaf.float() - 0.3) ** 2).sum() for leaf in fastes.tree.tree_leaves(p))
+
+
+def main(out: str, what: str) -> None:
+    group = distributed.init(timeout_s=60)
+    params = {"w": torch.linspace(-1, 1, 12).reshape(3, 4), "b": torch.ones(3)}
+    key = fastes.key(11)
+    results = {"world_size": 1 if group is None else group.world_size}
+    if what in ("all", "core"):
+        p = params
+        for t in range(4):
+            p = fastes.es_step(p, sphere, fastes.fold_in(key, t), population_size=12, sigma=0.1,
+                               learning_rate=0.05, noise="philox")  # fmt: skip
+        results["es_step"] = p
+        for name in ("openai_es", "cma_es", "pgpe", "snes"):
+            s = fastes.strategies.make(name, params, population_size=12, sigma=0.3)
+            state = s.init(params)
+            for t in range(4):
+                state, _ = s.step(state, sphere, fastes.fold_in(key, t))
+            results[name] = list(fastes.tree.tree_leaves(state))
+    if what == "mismatch":  # rank 1 asks for another population: the Trainer must refuse
+        P = 8 + 4 * group.rank
+        s = fastes.strategies.make("openai_es", params, population_size=P)
+        fastes.Trainer(s, sphere, key=key, generations=2, params=params, progress=False).run()
+    if distributed.is_main():
+        torch.save(results, out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "all")

@@ -1,0 +1,172 @@
+"""Scale-out on torch.distributed (gloo, 127.0.0.1 only): members sharded by global id,
+fitness-only exchange, results independent of the world size, restarts, consistency checks.
+
+Every process is started with a bounded wait and killed by pid if it outlives it; every
+collective inside runs under fastes.distributed's timeout.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import fastes
+from fastes import distributed
+from fastes.trainer import load_checkpoint
+
+WORKER = str(Path(__file__).parent / "dist" / "worker.py")
+# Collectives give up after 30 s here (a dead peer must end in an error, then a restart).
+ENV = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1",
+       "FASTES_DIST_TIMEOUT_S": "30"}  # fmt: skip
+
+
+def torchrun(nproc, *args, timeout=150, extra=(), check=True):
+    """Run ``torchrun --standalone`` (rendezvous on localhost) and return the CompletedProcess."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", *extra, *args]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)  # fmt: skip
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the agent and its workers
+            proc.wait()
+    if check:
+        assert proc.returncode == 0, out[-3000:]
+    return proc.returncode, out
+
+
+def test_member_range_is_balanced_contiguous_and_complete():
+    for n in (3, 7, 16, 100):
+        for world in range(1, min(n, 5) + 1):
+            ranges = [distributed.member_range(n, distributed.Group(r, world, torch.device("cpu")))
+                      for r in range(world)]  # fmt: skip
+            assert ranges[0][0] == 0 and ranges[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+            sizes = [b - a for a, b in ranges]
+            assert max(sizes) - min(sizes) <= 1
+    with pytest.raises(ValueError, match="cannot be shared by 4 processes"):
+        distributed.member_range(3, distributed.Group(0, 4, torch.device("cpu")))
+    assert distributed.member_range(5) == (0, 5)  # no group: everything
+    assert distributed.current() is None and distributed.is_main()
+
+
+def test_checksum_tells_states_apart():
+    a = {"x": torch.ones(3), "n": torch.tensor(2)}
+    assert distributed.checksum(a) == distributed.checksum(
+        {"x": torch.ones(3), "n": torch.tensor(2)}
+    )
+    assert distributed.checksum(a) != distributed.checksum(
+        {"x": torch.ones(3), "n": torch.tensor(3)}
+    )
+    assert distributed.checksum([torch.zeros(2)]) != distributed.checksum([torch.zeros(2).double()])
+
+
+def test_core_and_strategies_are_bit_identical_on_1_2_and_3_processes(tmp_path):
+    results = []
+    for n in (1, 2, 3):
+        torchrun(n, WORKER, str(tmp_path / f"{n}.pt"), "core")
+        results.append(torch.load(tmp_path / f"{n}.pt", weights_only=False))
+    assert [r["world_size"] for r in results] == [1, 2, 3]
+    for name in ("es_step", "openai_es", "cma_es", "pgpe", "snes"):
+        ref = fastes.tree.tree_leaves(results[0][name])
+        for other in results[1:]:
+            got = fastes.tree.tree_leaves(other[name])
+            assert all(torch.equal(x, y) for x, y in zip(ref, got, strict=True)), name
+    # ... and equal to the same code in a plain single process (table noise: no cached rows).
+    single = torch.load(tmp_path / "1.pt", weights_only=False)["cma_es"]
+    s = fastes.strategies.make("cma_es", _PARAMS, population_size=12, sigma=0.3)
+    state = s.init(_PARAMS)
+    for t in range(4):
+        state, _ = s.step(state, _sphere, fastes.fold_in(fastes.key(11), t))
+    assert all(torch.equal(x, y) for x, y in zip(fastes.tree.tree_leaves(state), single))
+
+
+_PARAMS = {"w": torch.linspace(-1, 1, 12).reshape(3, 4), "b": torch.ones(3)}
+
+
+def _sphere(p):
+    return -sum(((leaf.float() - 0.3) ** 2).sum() for leaf in fastes.tree.tree_leaves(p))
+
+
+_CLI = ["-m", "fastes", "train", "cartpole", "--population", "16", "--episodes", "2",
+        "--hidden", "8", "--eval-every", "2", "--goal", "1e9", "--no-progress"]  # fmt: skip
+
+
+def _same_run(a, b):
+    a, b = load_checkpoint(a / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt")
+    strip = lambda h: [{k: v for k, v in r.items() if k != "time_s"} for r in h]
+    assert a["generation"] == b["generation"]
+    assert all(torch.equal(x, y) for x, y in zip(a["strategy_state"], b["strategy_state"]))
+    assert all(torch.equal(x, y) for x, y in zip(a["task"]["norm"], b["task"]["norm"]))
+    assert a["task"]["env_steps"] == b["task"]["env_steps"]
+    assert strip(a["history"]) == strip(b["history"])
+
+
+def test_env_task_trainer_through_the_cli_is_the_same_on_1_and_2_processes(tmp_path):
+    # The observation normaliser is pooled from per-member statistics gathered across ranks.
+    for n in (1, 2):
+        torchrun(n, *_CLI, "--generations", "5", "--run-dir", str(tmp_path / str(n)))
+    _same_run(tmp_path / "1", tmp_path / "2")
+
+
+def test_ranks_that_disagree_fail_fast_with_a_clear_error(tmp_path):
+    t0 = time.monotonic()
+    rc, out = torchrun(2, WORKER, str(tmp_path / "x.pt"), "mismatch", check=False, timeout=90)
+    assert rc != 0
+    assert "ranks [1] disagree with rank 0 about the run" in out
+    assert out.count("disagree with rank 0") >= 2  # raised on every rank, not a hang
+    assert time.monotonic() - t0 < 60
+
+
+def _children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_a_killed_worker_restarts_the_group_which_resumes_to_the_same_params(tmp_path):
+    # torchrun restarts every worker when one dies; `fastes train` sees the restart and
+    # continues from the last checkpoint (written every generation under torchrun).
+    ref = tmp_path / "ref"
+    torchrun(1, *_CLI, "--generations", "12", "--run-dir", str(ref))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "--max-restarts=4", *_CLI, "--generations", "12", "--run-dir", str(run)]  # fmt: skip
+    agent = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True)  # fmt: skip
+    seen = set()  # every worker pid, killed at the end if still alive
+    try:
+        deadline, killed = time.monotonic() + 120, None
+        while time.monotonic() < deadline and killed is None:
+            path = run / "checkpoint.pt"
+            try:
+                ready = path.exists() and load_checkpoint(path)["generation"] >= 3
+            except fastes.trainer.CheckpointError:
+                ready = False
+            workers = _children(agent.pid)
+            seen.update(workers)
+            if ready and len(workers) == 2:
+                killed = workers[1]
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.05)
+        assert killed is not None, "the run never reached generation 3"
+        out, _ = agent.communicate(timeout=200)
+    finally:
+        seen.update(_children(agent.pid))
+        if agent.poll() is None:
+            os.killpg(agent.pid, signal.SIGKILL)
+            agent.wait()
+        for pid in seen:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert agent.returncode == 0, out[-3000:]
+    assert load_checkpoint(run / "checkpoint.pt")["generation"] == 12
+    _same_run(ref, run)
