@@ -53,9 +53,30 @@ __all__ = [
     "init",
     "is_main",
     "member_range",
+    "reset_traffic",
+    "traffic",
 ]
 
 DEFAULT_TIMEOUT_S = 300.0  # overridden by the FASTES_DIST_TIMEOUT_S environment variable
+
+# What this process has exchanged: collectives run and bytes received (the gathered output),
+# for benchmarks/distributed.py. Plain counters: read with traffic(), zeroed by reset_traffic().
+_TRAFFIC = {"collectives": 0, "bytes": 0}
+
+
+def traffic() -> dict:
+    """``{"collectives": n, "bytes": b}`` this process exchanged since the last reset."""
+    return dict(_TRAFFIC)
+
+
+def reset_traffic() -> None:
+    _TRAFFIC.update(collectives=0, bytes=0)
+
+
+def _all_gather(blocks: list[torch.Tensor], block: torch.Tensor) -> None:
+    dist.all_gather(blocks, block)
+    _TRAFFIC["collectives"] += 1
+    _TRAFFIC["bytes"] += block.numel() * block.element_size() * len(blocks)
 
 
 class Group(NamedTuple):
@@ -154,7 +175,7 @@ def _gather_padded(local: torch.Tensor, sizes: list[int], group: Group) -> torch
     block = torch.zeros((max(sizes), *local.shape[1:]), dtype=local.dtype, device=group.device)
     block[: local.shape[0]] = local.to(group.device)
     blocks = [torch.empty_like(block) for _ in range(group.world_size)]
-    dist.all_gather(blocks, block)
+    _all_gather(blocks, block)
     return torch.cat([b[:s] for b, s in zip(blocks, sizes, strict=True)]).to(local.device)
 
 
@@ -183,7 +204,7 @@ def gather_varying(local: torch.Tensor, group: Group | None = None) -> torch.Ten
         return local
     count = torch.tensor([local.shape[0]], dtype=torch.int64, device=group.device)
     counts = [torch.empty_like(count) for _ in range(group.world_size)]
-    dist.all_gather(counts, count)
+    _all_gather(counts, count)
     return _gather_padded(local, [int(c) for c in counts], group)
 
 
@@ -222,7 +243,7 @@ def check_consistent(what: str, value: Any, group: Group | None = None) -> None:
     digest = checksum(value) if not isinstance(value, str) else checksum([value])
     mine = torch.tensor([digest], dtype=torch.int64, device=group.device)
     everyone = [torch.empty_like(mine) for _ in range(group.world_size)]
-    dist.all_gather(everyone, mine)
+    _all_gather(everyone, mine)
     values = [int(t) for t in everyone]
     differ = [r for r, v in enumerate(values) if v != values[0]]
     if differ:

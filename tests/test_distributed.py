@@ -125,6 +125,16 @@ def test_ranks_that_disagree_fail_fast_with_a_clear_error(tmp_path):
     assert time.monotonic() - t0 < 60
 
 
+def test_gym_task_is_the_same_for_1_process_x_2_workers_and_2_processes_x_1_worker(tmp_path):
+    pytest.importorskip("gymnasium")
+    gym = ["-m", "fastes", "train", "gym:CartPole-v1", "--population", "8", "--episodes", "2",
+           "--hidden", "4", "--eval-every", "2", "--eval-episodes", "2", "--goal", "1e9",
+           "--generations", "3", "--no-progress"]  # fmt: skip
+    torchrun(1, *gym, "--workers", "2", "--run-dir", str(tmp_path / "a"))
+    torchrun(2, *gym, "--workers", "1", "--run-dir", str(tmp_path / "b"))
+    _same_run(tmp_path / "a", tmp_path / "b")
+
+
 def _children(pid):
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
