@@ -54,6 +54,7 @@ __all__ = [
     "is_main",
     "member_range",
     "reset_traffic",
+    "sum_in_rank_order",
     "traffic",
 ]
 
@@ -216,6 +217,23 @@ def gather_rows(
     rest = local.shape[1:]
     rows = local.reshape(-1, per_row, *rest)
     return gather_members(rows, n_rows, group).reshape(n_rows * per_row, *rest)
+
+
+def sum_in_rank_order(partial: torch.Tensor, group: Group | None = None) -> torch.Tensor:
+    """Σ over ranks of ``partial`` (same shape everywhere), added in rank order 0, 1, ... so that
+    every rank gets the same bits (an all-reduce's order is the backend's choice)."""
+    group = current() if group is None else group
+    if group is None or group.world_size == 1:
+        return partial
+    flat = partial.reshape(1, -1)
+    parts = _gather_padded(flat, [1] * group.world_size, group)  # (world, numel)
+    total = parts[0].clone()
+    for r in range(1, group.world_size):
+        total += parts[r]
+    return total.reshape(partial.shape)
+
+
+EXCHANGES = ("fitness", "partial_sums")
 
 
 def checksum(tree: Any) -> int:

@@ -161,6 +161,7 @@ def _flat_estimate(
     noise: Any,
     fitness_args: tuple,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    exchange: str = "fitness",
 ) -> tuple[torch.Tensor, FitnessStats]:
     """The estimate on the flat mean θ (D,): returns (ĝ (D,) in θ's dtype, stats)."""
     P, D = population_size, theta.numel()
@@ -174,9 +175,14 @@ def _flat_estimate(
     # Under torch.distributed this rank evaluates its slice of the rows; others' come by gather.
     group = distributed.current()
     r_lo, r_hi = distributed.member_range(n_rows, group)
-    # Keep the drawn rows for the gradient pass only while they fit the budget (one process:
-    # a rank holds only its own rows, and every rank must sum all rows the same way).
-    cache = group is None and n_rows * D * 4 <= memory_budget
+    # Which rows this process sums for ĝ: all of them (one process, or the fitness-only
+    # exchange: every rank regenerates every row, so all get the same bits), or its own rows
+    # (the partial-sum exchange: the (D,) sums are then gathered and added in rank order).
+    partial = group is not None and exchange == "partial_sums"
+    s_lo, s_hi = (r_lo, r_hi) if partial else (0, n_rows)
+    # Keep the drawn rows for the gradient pass only while they fit the budget, and only when
+    # this process evaluated every row it sums.
+    cache = (group is None or partial) and (s_hi - s_lo) * D * 4 <= memory_budget
     cached: list[torch.Tensor] = []
     # One member buffer reused by every chunk on the CPU, where fresh large allocations fault in
     # new pages each time (measured: a fresh 100 MB cat took 150 ms here). Elsewhere the sources
@@ -208,12 +214,17 @@ def _flat_estimate(
     )
     row_w = weights[0::2] - weights[1::2] if antithetic else weights  # (n_rows,)
     row_w = row_w.to(device=theta.device, dtype=torch.float32)
-    if cache and len(cached) == -(-n_rows // rows_per_chunk):
+    if cache and sum(e.shape[0] for e in cached) == s_hi - s_lo:
         g = torch.zeros(D, dtype=torch.float32, device=theta.device)
-        for i, eps in enumerate(cached):  # chunk by chunk: no (n_rows, D) concatenation
-            g.addmv_(eps.T, row_w[i * rows_per_chunk : i * rows_per_chunk + eps.shape[0]])
+        r = s_lo
+        for eps in cached:  # chunk by chunk: no (n_rows, D) concatenation
+            g.addmv_(eps.T, row_w[r : r + eps.shape[0]])
+            r += eps.shape[0]
     else:
-        g = source.weighted_sum(key, torch.arange(n_rows, device=theta.device), row_w, D)
+        rows = torch.arange(s_lo, s_hi, device=theta.device)
+        g = source.weighted_sum(key, rows, row_w[s_lo:s_hi], D)
+    if partial:
+        g = distributed.sum_in_rank_order(g, group)
     g = g.to(theta.dtype) / (P * sigma)
     stats = FitnessStats(fitness, weights, shape_stats.nan_count, shape_stats.inf_count, minimize)
     return g, stats
@@ -236,7 +247,7 @@ def _check_args(
 
 def _validated_estimate(
     params, fitness_fn, key, population_size, sigma, antithetic, shaping, objective_weights,
-    minimize, mode, chunk_size, noise, fitness_args, memory_budget,
+    minimize, mode, chunk_size, noise, fitness_args, memory_budget, exchange,
 ):  # fmt: skip
     """Validate, ravel and estimate: ``(θ flat, raveler, ĝ flat, FitnessStats)``."""
     sigma = _check_args(
@@ -244,6 +255,7 @@ def _validated_estimate(
         memory_budget,
     )  # fmt: skip
     fitness_args = check_fitness_args(fitness_args)
+    check_exchange(exchange)
     rav = raveler(params)
     theta = check_finite_flat(rav.ravel(params))
     g, stats = _flat_estimate(
@@ -251,9 +263,15 @@ def _validated_estimate(
         population_size=population_size, sigma=sigma, antithetic=antithetic, shaping=shaping,
         objective_weights=objective_weights, minimize=minimize, mode=mode,
         chunk_size=chunk_size, noise=noise, fitness_args=fitness_args,
-        memory_budget=memory_budget,
+        memory_budget=memory_budget, exchange=exchange,
     )  # fmt: skip
     return theta, rav, g, stats
+
+
+def check_exchange(exchange: str) -> str:
+    if exchange not in distributed.EXCHANGES:
+        raise ValueError(f"exchange must be one of {distributed.EXCHANGES}; got {exchange!r}")
+    return exchange
 
 
 def estimate_grad(
@@ -272,6 +290,7 @@ def estimate_grad(
     noise: Any = "auto",
     fitness_args: tuple = (),
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    exchange: str = "fitness",
 ) -> tuple[Any, FitnessStats]:
     """ES gradient of E[fitness(θ + σε)] at ``params``: (gradient pytree, FitnessStats).
 
@@ -296,6 +315,11 @@ def estimate_grad(
         fitness_args: data shared by all members, passed after the params.
         memory_budget: bytes of noise rows that may be kept between evaluation and the
             gradient; beyond it rows are regenerated.
+        exchange: under torch.distributed (:mod:`fastes.distributed`), what the processes
+            exchange: ``"fitness"`` (P numbers; every rank regenerates every noise row for ĝ;
+            the result is bit-identical on any number of processes) or ``"partial_sums"`` (each
+            rank sums its own members' weighted noise, and the (D,) sums are added in rank
+            order: no regeneration, D numbers per rank, equal up to float rounding).
 
     Example:
         >>> params = {"x": torch.ones(10)}
@@ -305,6 +329,7 @@ def estimate_grad(
     _, rav, g, stats = _validated_estimate(
         params, fitness_fn, key, population_size, sigma, antithetic, shaping,
         objective_weights, minimize, mode, chunk_size, noise, fitness_args, memory_budget,
+        exchange,
     )  # fmt: skip
     return rav.unravel(g), stats
 
@@ -327,6 +352,7 @@ def es_step(
     noise: Any = "auto",
     fitness_args: tuple = (),
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    exchange: str = "fitness",
     return_stats: bool = False,
 ) -> Any:
     """One OpenAI-ES generation: θ ← θ + learning_rate·(ĝ − weight_decay·θ).
@@ -352,6 +378,7 @@ def es_step(
     theta, rav, g, stats = _validated_estimate(
         params, fitness_fn, key, population_size, sigma, antithetic, shaping,
         objective_weights, minimize, mode, chunk_size, noise, fitness_args, memory_budget,
+        exchange,
     )  # fmt: skip
     updates, _ = opt.update(g, opt.init(theta), theta)
     new = rav.unravel(theta + updates)

@@ -109,6 +109,26 @@ def _same_run(a, b):
     assert strip(a["history"]) == strip(b["history"])
 
 
+def test_partial_sum_exchange_agrees_within_the_rounding_of_a_regrouped_sum(tmp_path):
+    out = {}
+    for n in (1, 2, 3):
+        torchrun(n, WORKER, str(tmp_path / f"{n}.pt"), "partial")
+        out[n] = torch.load(tmp_path / f"{n}.pt", weights_only=False)
+    # ĝ_k = Σ_j w_j ε_jk over the 8 rows, summed in another grouping per world size: two float32
+    # sums of the same n terms differ by at most 2(n−1)·u·Σ_j |w_j ε_jk| (u = 2^-24), |w_j| <= 1
+    # for folded centered ranks; the step scales that by lr/(Pσ) and θ + step rounds once more.
+    n_rows, u, lr, P, sigma = 8, 2.0**-24, 0.05, 16, 0.1
+    eps = fastes.noise.philox_normal_rows(fastes.key(11), torch.arange(n_rows), 15).abs().sum(0)
+    theta = torch.cat([_PARAMS["w"].reshape(-1), _PARAMS["b"]])
+    bound = lr / (P * sigma) * 2 * (n_rows - 1) * u * eps + 2 * u * theta.abs()
+    ref = torch.cat([out[1]["partial"]["w"].reshape(-1), out[1]["partial"]["b"]])
+    for n in (2, 3):
+        got = torch.cat([out[n]["partial"]["w"].reshape(-1), out[n]["partial"]["b"]])
+        assert ((got - ref).abs() <= bound).all(), (n, (got - ref).abs().max())
+        # Two all-gathers: the fitness (P floats) and the (D,) partial sums.
+        assert out[n]["traffic"]["collectives"] == 2
+
+
 def test_env_task_trainer_through_the_cli_is_the_same_on_1_and_2_processes(tmp_path):
     # The observation normaliser is pooled from per-member statistics gathered across ranks.
     for n in (1, 2):

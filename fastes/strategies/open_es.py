@@ -5,7 +5,8 @@ Antithetic members θ ± σz, shaped fitness w (centered ranks by default), the 
 with ``optimizer=fastes.optim.sgd(learning_rate)`` — and any ``fastes.optim`` optimizer for the
 step (Adam by default, as in the paper). ``weight_decay`` is decoupled (AdamW's form): the
 optimizer's update is followed by θ ← θ − learning_rate·weight_decay·θ, whatever the optimizer.
-``sigma`` and the learning rate may be schedules.
+``sigma`` and the learning rate may be schedules. ``exchange`` picks what processes exchange
+under torch.distributed (see :func:`fastes.estimate_grad`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from .. import optim
 from .._validate import check_callable, check_fitness_args, real
-from ..es import _flat_estimate
+from ..es import _flat_estimate, check_exchange
 from ..prng import check_key
 from ..schedules import resolve
 from ..shaping import METHODS
@@ -43,9 +44,11 @@ class OpenES(Strategy):
         optimizer: optim.GradientTransformation | None = None,
         weight_decay: float = 0.0,
         shaping: str = "centered_ranks",
+        exchange: str = "fitness",
         **kwargs,
     ):
         super().__init__(params, population_size, **kwargs)
+        self.exchange = check_exchange(exchange)
         self.sigma = resolve(sigma, "sigma")
         real(self.sigma(0), "sigma", positive=True)
         self.learning_rate = resolve(learning_rate, "learning_rate")
@@ -95,6 +98,7 @@ class OpenES(Strategy):
             antithetic=True, shaping=self.shaping, objective_weights=self.objective_weights,
             minimize=self.minimize, mode=self.mode, chunk_size=self.chunk_size,
             noise=self.noise, fitness_args=check_fitness_args(fitness_args),
+            exchange=self.exchange,
         )  # fmt: skip
         return self._update(state, g), stats
 

@@ -31,6 +31,13 @@ def main(out: str, what: str) -> None:
             for t in range(4):
                 state, _ = s.step(state, sphere, fastes.fold_in(key, t))
             results[name] = list(fastes.tree.tree_leaves(state))
+    if what == "partial":  # one es_step with the partial-sum exchange; and its traffic
+        distributed.reset_traffic()
+        results["partial"] = fastes.es_step(
+            params, sphere, key, population_size=16, sigma=0.1, learning_rate=0.05,
+            noise="philox", exchange="partial_sums",
+        )  # fmt: skip
+        results["traffic"] = distributed.traffic()
     if what == "mismatch":  # rank 1 asks for another population: the Trainer must refuse
         P = 8 + 4 * group.rank
         s = fastes.strategies.make("openai_es", params, population_size=P)
