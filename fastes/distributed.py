@@ -119,16 +119,25 @@ def init(backend: str | None = None, timeout_s: float | None = None) -> Group | 
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         timeout = timedelta(seconds=timeout_s)
         store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
-        # torchrun's agent keeps its store across restarts: without a per-attempt namespace a
-        # restarted group can read the dead group's gloo addresses (measured here: "Connection
-        # refused" and a 150 s stall on 3 of 4 restarts; none with the namespace).
-        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        store = dist.PrefixStore(f"fastes/attempt_{attempt}", store)
+        store = dist.PrefixStore(_round_namespace(store, rank, world_size), store)
         dist.init_process_group(
             backend, store=store, rank=rank, world_size=world_size, timeout=timeout
         )
         atexit.register(_shutdown)
     return current()
+
+
+def _round_namespace(store, rank: int, world_size: int) -> str:
+    """A store namespace that every rank of this rendezvous round computes alike.
+
+    torchrun's agent keeps its store across restarts, so a restarted group could read the dead
+    group's gloo addresses (measured here: "Connection refused" and a 150 s stall on 3 of 4
+    restarts without a namespace). TORCHELASTIC_RESTART_COUNT is per agent — a node that joins
+    later starts at 0 — so each rank instead counts, in the store, how many groups of this
+    world size it has started; every rank of a round started the same number of them.
+    """
+    started = store.add(f"fastes/started/w{world_size}/r{rank}", 1)
+    return f"fastes/w{world_size}/round{started}"
 
 
 def _shutdown() -> None:
