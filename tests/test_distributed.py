@@ -74,7 +74,11 @@ def test_core_and_strategies_are_bit_identical_on_1_2_and_3_processes(tmp_path):
         torchrun(n, WORKER, str(tmp_path / f"{n}.pt"), "core")
         results.append(torch.load(tmp_path / f"{n}.pt", weights_only=False))
     assert [r["world_size"] for r in results] == [1, 2, 3]
-    for name in ("es_step", "openai_es", "cma_es", "pgpe", "snes"):
+    names = ["es_step", "es_optimizer"]
+    names += [
+        f"{s}{how}" for s in ("openai_es", "cma_es", "pgpe", "snes") for how in ("", "_ask_tell")
+    ]
+    for name in names:
         ref = fastes.tree.tree_leaves(results[0][name])
         for other in results[1:]:
             got = fastes.tree.tree_leaves(other[name])

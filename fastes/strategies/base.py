@@ -114,20 +114,37 @@ class Strategy:
         """The search center as a params pytree (structure, shapes, dtypes of the template)."""
         return self.raveler.unravel(self.mean(state).to(self.raveler.flat_dtype))
 
-    def ask(self, state, key: torch.Tensor, *, flat: bool = False) -> Any:
+    def ask(self, state, key: torch.Tensor, *, flat: bool = False, local: bool = False) -> Any:
         """This generation's members: a params pytree whose leaves are stacked (P, *shape), in
         the template's dtypes, ready for a batched or vmapped fitness. ``flat=True`` gives the
-        (P, D) flat members instead."""
+        (P, D) flat members instead. ``local=True`` (under torch.distributed) gives only this
+        rank's slice of the members (:meth:`local_members`), to pass to ``tell(local=True)``."""
         check_key(key)
-        members = self._members(state, key, self._ids(0, self.population(state)))
+        lo, hi = self.local_members(state) if local else (0, self.population(state))
+        members = self._members(state, key, self._ids(lo, hi))
         members = members.to(self.raveler.flat_dtype)
         return members if flat else self.raveler.unravel_batch(members)
 
-    def tell(self, state, key: torch.Tensor, fitness: Any):
+    def tell(self, state, key: torch.Tensor, fitness: Any, *, local: bool = False):
         """The new state from this generation's fitness ((P,) or (P, K), a tensor or a list;
-        maximized unless ``minimize=True``), with the same ``key`` as :meth:`ask`."""
+        maximized unless ``minimize=True``), with the same ``key`` as :meth:`ask`.
+        ``local=True``: ``fitness`` holds this rank's members only (``ask(local=True)``); the
+        ranks gather it, in member order, and all compute the same new state."""
         check_key(key)
+        if local:
+            group = distributed.current()
+            per_pair = 2 if self.antithetic else 1
+            fitness = fitness if isinstance(fitness, torch.Tensor) else torch.as_tensor(fitness)
+            P = self.population(state)
+            fitness = distributed.gather_rows(fitness, P // per_pair, per_pair, group)
         return self._tell(state, key, self._check_fitness(fitness, state))[0]
+
+    def local_members(self, state) -> tuple[int, int]:
+        """This rank's member ids [start, stop) under torch.distributed (whole antithetic pairs);
+        all of them in a single process."""
+        per_pair = 2 if self.antithetic else 1
+        lo, hi = distributed.member_range(self.population(state) // per_pair)
+        return per_pair * lo, per_pair * hi
 
     def step(self, state, fitness_fn: Callable[..., Any], key: torch.Tensor, fitness_args=()):
         """Ask, evaluate (chunked), tell: returns ``(new_state, FitnessStats)``."""
@@ -142,7 +159,7 @@ class Strategy:
         chunk += chunk % per_pair  # keep antithetic pairs together
         # Under torch.distributed this rank evaluates its slice of the members (whole pairs).
         group = distributed.current()
-        lo, hi = (per_pair * r for r in distributed.member_range(P // per_pair, group))
+        lo, hi = self.local_members(state)
         parts = []
         for m0 in range(lo, hi, chunk):
             members = self._members(state, key, self._ids(m0, min(m0 + chunk, hi)))

@@ -31,6 +31,27 @@ def main(out: str, what: str) -> None:
             for t in range(4):
                 state, _ = s.step(state, sphere, fastes.fold_in(key, t))
             results[name] = list(fastes.tree.tree_leaves(state))
+            # The same generations through ask/tell on this rank's members only.
+            state = s.init(params)
+            for t in range(4):
+                k = fastes.fold_in(key, t)
+                members = s.ask(state, k, local=True)
+                state = s.tell(state, k, torch.vmap(sphere)(members), local=True)
+            results[name + "_ask_tell"] = list(fastes.tree.tree_leaves(state))
+        # ESOptimizer: estimate_grad shards its members too; any torch.optim optimizer steps.
+        model = torch.nn.Linear(4, 2)
+        with torch.no_grad():
+            model.weight.copy_(torch.linspace(-1, 1, 8).reshape(2, 4))
+            model.bias.zero_()
+        x, y = torch.linspace(-1, 1, 16).reshape(4, 4), torch.tensor([0, 1, 1, 0])
+        es = fastes.ESOptimizer(
+            model, torch.optim.SGD(model.parameters(), lr=0.1),
+            lambda net, x, y: -torch.nn.functional.cross_entropy(net(x), y),
+            population_size=12, sigma=0.1, seed=5,
+        )  # fmt: skip
+        for _ in range(3):
+            es.step(x, y)
+        results["es_optimizer"] = [p.detach().clone() for p in model.parameters()]
     if what == "partial":  # one es_step with the partial-sum exchange; and its traffic
         distributed.reset_traffic()
         results["partial"] = fastes.es_step(
