@@ -77,6 +77,7 @@ def worker(out: str) -> None:
     if distributed.is_main():
         with open(out, "w") as fh:
             json.dump(res, fh)
+    distributed.shutdown()
 
 
 def launch(nproc: int) -> dict:

@@ -398,9 +398,11 @@ def main(argv=None) -> int:
     if args.func in (_train, _resume):
         distributed.init()  # under torchrun: join the group (a no-op otherwise)
     try:
-        return args.func(args)
+        code = args.func(args)
     except CheckpointError as e:
         raise SystemExit(f"fastes: {e}") from None
+    distributed.shutdown()  # every rank finished: leave together
+    return code
 
 
 if __name__ == "__main__":

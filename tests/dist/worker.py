@@ -65,6 +65,7 @@ def main(out: str, what: str) -> None:
         fastes.Trainer(s, sphere, key=key, generations=2, params=params, progress=False).run()
     if distributed.is_main():
         torch.save(results, out)
+    distributed.shutdown()
 
 
 if __name__ == "__main__":
