@@ -7,7 +7,9 @@ from __future__ import annotations
 import inspect
 import json
 
-from . import envs, schedules, strategies
+import torch
+
+from . import envs, optim, schedules, strategies
 from .prng import key
 from .rl.tasks import EnvTask
 
@@ -15,8 +17,8 @@ __all__ = ["FLAGS", "PRESETS", "build", "check_flags", "knobs", "parse_set", "pr
 
 _COMMON = dict(
     strategy="openai_es", generations=200, population=64, sigma=0.1, lr=0.05, sigma_decay=1.0,
-    lr_decay=1.0, hidden="16", episodes=4, normalize_obs=True, goal=None, goal_count=3,
-    eval_every=5, eval_episodes=10, workers=None, seed=0, checkpoint_every=None,
+    lr_decay=1.0, optimizer=None, hidden="16", episodes=4, normalize_obs=True, goal=None,
+    goal_count=3, eval_every=5, eval_episodes=10, workers=None, seed=0, checkpoint_every=None,
 )  # fmt: skip
 
 # Settings per built-in task: a starting point (measured results in the README), not a law.
@@ -125,10 +127,33 @@ def check_flags(config: dict, given: set[str]) -> dict:
                 f"--{flag}-decay does not apply to {name}, which adapts its {flag} itself; "
                 f"it applies to {takers}"
             )
+    optimizer = config.get("optimizer")
+    if optimizer is not None:
+        takers = sorted(n for n, c in strategies.REGISTRY.items() if "optimizer" in knobs(n))
+        if name not in takers:
+            raise SystemExit(f"--optimizer does not apply to {name}; it applies to {takers}")
+        _torch_optimizer_class(optimizer)
+        if "lr_decay" in given:
+            raise SystemExit("--lr-decay does not apply with --optimizer: torch.optim takes --lr")
     unknown = sorted(set(config.get("strategy_args") or {}) - set(knobs(name)))
     if unknown:
         raise SystemExit(f"--set {unknown} are not settings of {name}; it takes {knobs(name)}")
     return config
+
+
+def _torch_optimizer_class(name: str) -> type:
+    cls = getattr(torch.optim, str(name), None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or cls is (
+        torch.optim.Optimizer
+    ):
+        known = sorted(
+            n for n, c in vars(torch.optim).items()
+            if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and n != "Optimizer"
+        )  # fmt: skip
+        raise SystemExit(
+            f"--optimizer must name a torch.optim optimizer, one of {known}; got {name!r}"
+        )
+    return cls
 
 
 def build(config: dict):
@@ -153,7 +178,10 @@ def build(config: dict):
     kwargs = dict(population_size=config["population"], mode=task.mode)
     sigma_kw, sigma_schedule = flags["sigma"]
     kwargs[sigma_kw] = _schedule(config["sigma"], config["sigma_decay"] if sigma_schedule else 1)
-    if flags["lr"] is not None:
+    if config.get("optimizer") is not None:  # any torch.optim optimizer, at --lr
+        cls_opt = _torch_optimizer_class(config["optimizer"])
+        kwargs["optimizer"] = optim.torch_optimizer(cls_opt, lr=config["lr"])
+    elif flags["lr"] is not None:
         kwargs[flags["lr"][0]] = _schedule(config["lr"], config["lr_decay"])
     elif config.get("lr") is not None:
         raise SystemExit(f"config sets lr={config['lr']} but {strategy_name} has no learning rate")

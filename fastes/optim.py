@@ -40,6 +40,8 @@ __all__ = [
     "MomentumState",
     "AdamState",
     "ClipUpState",
+    "TorchOptimizerState",
+    "torch_optimizer",
 ]
 
 
@@ -238,5 +240,75 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
             grad, s = t.update(grad, s, params)
             new_states.append(s)
         return grad, tuple(new_states)
+
+    return GradientTransformation(init, update)
+
+
+class TorchOptimizerState(NamedTuple):
+    count: torch.Tensor  # () int64, steps taken
+    state: Any  # optimizer.state_dict()["state"]: {param index: {name: tensor}}
+
+
+def torch_optimizer(optimizer_class: type, **hyperparameters: Any) -> GradientTransformation:
+    """Any ``torch.optim`` optimizer as a functional transformation, ascending.
+
+    ``torch_optimizer(torch.optim.RAdam, lr=0.01)`` steps exactly as ``torch.optim.RAdam`` does
+    on params whose ``.grad`` is −ĝ (so its descent climbs the fitness); its state (moments, step
+    counts) lives in :class:`TorchOptimizerState`, a pytree of tensors that checkpoints and
+    resumes bit-identically with the strategy. Weight decay is the optimizer's own: coupled L2 in
+    ``Adam``, ``RAdam``, ``NAdam``, ``SGD``, ``Adagrad``, ``RMSprop`` (unless their
+    ``decoupled_weight_decay=True``), decoupled in ``AdamW``.
+
+    Each update builds the optimizer on copies of the params, loads the state, steps once and
+    returns the difference: θ + updates equals torch's new θ up to one rounding of that
+    subtraction (≤ 1 ulp of θ per step).
+    """
+    if not (
+        isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)
+    ):
+        raise TypeError(
+            "optimizer_class must be a torch.optim.Optimizer subclass (e.g. torch.optim.RAdam); "
+            f"got {optimizer_class!r}"
+        )
+
+    def build(params):
+        copies = [p.detach().clone() for p in tree_leaves(params)]
+        return copies, optimizer_class(copies, **hyperparameters)
+
+    def init(params):
+        # torch optimizers create their state on the first step; make its layout now (so a
+        # checkpoint of any later state matches a fresh one), with zeros that are never read:
+        # update() starts from a fresh optimizer while count is 0.
+        copies, opt = build(params)
+        for p in copies:
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        layout = tree_map(lambda t: torch.zeros_like(t) if isinstance(t, torch.Tensor) else t,
+                          opt.state_dict()["state"])  # fmt: skip
+        return TorchOptimizerState(_count(params), layout)
+
+    def update(grad, state, params):
+        if params is None:
+            raise ValueError("torch_optimizer needs params: call update(grad, state, params)")
+        copies, opt = build(params)
+        if int(state.count) > 0:
+            saved = opt.state_dict()
+            saved["state"] = tree_map(
+                lambda t: t.clone() if isinstance(t, torch.Tensor) else t, state.state
+            )
+            opt.load_state_dict(saved)
+        for p, g in zip(copies, tree_leaves(grad), strict=True):
+            p.grad = (-g).to(p.dtype)
+        opt.step()
+        old = tree_leaves(params)
+        spec = torch.utils._pytree.tree_structure(params)
+        updates = torch.utils._pytree.tree_unflatten(
+            [new.detach() - o.detach() for new, o in zip(copies, old, strict=True)], spec
+        )
+        new_state = tree_map(
+            lambda t: t.detach().clone() if isinstance(t, torch.Tensor) else t,
+            opt.state_dict()["state"],
+        )
+        return updates, TorchOptimizerState(state.count + 1, new_state)
 
     return GradientTransformation(init, update)

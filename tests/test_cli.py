@@ -5,6 +5,7 @@ import sys
 import pytest
 import torch
 
+import fastes
 from fastes.cli import FLAGS, build, main, preset
 from fastes.trainer import load_checkpoint
 
@@ -183,3 +184,18 @@ def test_eval_best_after_a_run_shorter_than_eval_every(tmp_path, capsys):
         main(["eval", str(run), "--episodes", "3", "--which", which])
     best, last = capsys.readouterr().out.strip().splitlines()
     assert best.split("mean return")[1] == last.split("mean return")[1]  # the same params
+
+
+def test_any_torch_optim_optimizer_through_the_cli(tmp_path):
+    run = tmp_path / "r"
+    args = ["train", "cartpole", "--run-dir", str(run), "--optimizer", "RAdam", "--lr", "0.05",
+            *_SMALL]  # fmt: skip
+    assert main(args) == 0
+    _, strategy, params = build(json.loads((run / "config.json").read_text()))
+    assert isinstance(strategy.init(params).opt_state, fastes.optim.TorchOptimizerState)
+    assert main(["resume", str(run), "--generations", "2", "--no-progress"]) == 0
+    with pytest.raises(SystemExit, match="--optimizer must name a torch.optim optimizer"):
+        main(["train", "cartpole", "--run-dir", str(tmp_path / "x"), "--optimizer", "Adamm"])
+    with pytest.raises(SystemExit, match=r"--optimizer does not apply to cma_es"):
+        main(["train", "cartpole", "--run-dir", str(tmp_path / "y"), "--strategy", "cma_es",
+              "--optimizer", "Adam"])  # fmt: skip
