@@ -321,3 +321,25 @@ def test_state_follows_the_params_device(name):
     state = s.init(p)
     devices = {t.device.type for t in _state_tensors(state)}
     assert devices == {"meta"}, devices
+
+
+@pytest.mark.parametrize("name", ["openai_es", "pgpe", "ars"])
+def test_any_torch_optimizer_drives_the_strategies_that_take_one(name):
+    # ARS with torch's plain SGD at its own learning rate is ARS: lr·Σ w z versus Σ (lr·w) z
+    # differ by the rounding of 8-term float32 sums, a few ulps of values ~1 over 3 steps.
+    p = {"x": torch.linspace(-1, 1, 5)}
+    lr = 0.05
+    kw = dict(population_size=16, sigma=0.1, minimize=True)
+    opt = fastes.optim.torch_optimizer(torch.optim.SGD, lr=lr)
+    s = make(name, p, optimizer=opt, **kw)
+    st = s.init(p)
+    assert isinstance(st.opt_state, fastes.optim.TorchOptimizerState)
+    for t in range(3):
+        st, _ = s.step(st, lambda q: (q["x"] ** 2).sum(), fastes.key(t))
+    if name == "ars":
+        ref = make(name, p, learning_rate=lr, **kw)
+        rst = ref.init(p)
+        for t in range(3):
+            rst, _ = ref.step(rst, lambda q: (q["x"] ** 2).sum(), fastes.key(t))
+        torch.testing.assert_close(s.mean(st), ref.mean(rst), rtol=0, atol=16 * 2**-24)
+    assert float((s.mean(st) ** 2).sum()) < float((p["x"] ** 2).sum())  # minimizing: it descends

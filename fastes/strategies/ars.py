@@ -14,11 +14,12 @@ Rewards are used raw (no ranking); non-finite rewards follow fastes.shaping's "r
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
 from .. import normalization as nz
+from .. import optim
 from .._validate import positive_int
 from ..schedules import resolve
 from ..shaping import shape_fitness
@@ -31,6 +32,7 @@ class ARSState(NamedTuple):
     obs_mean: torch.Tensor  # (obs_dim,) float64
     obs_m2: torch.Tensor  # (obs_dim,) float64, sum of squared deviations
     generation: torch.Tensor
+    opt_state: Any = ()  # the optimizer's state, when one is given
 
 
 class ARS(Strategy):
@@ -46,6 +48,7 @@ class ARS(Strategy):
         learning_rate=0.02,
         top_directions: int | None = None,
         obs_dim: int = 0,
+        optimizer: optim.GradientTransformation | None = None,
         **kwargs,
     ):
         super().__init__(params, population_size, **kwargs)
@@ -59,6 +62,14 @@ class ARS(Strategy):
         if b > n_dirs:
             raise ValueError(f"top_directions must be <= population_size / 2 = {n_dirs}; got {b}")
         self.top, self.obs_dim = b, int(obs_dim)
+        if optimizer is not None and not isinstance(optimizer, optim.GradientTransformation):
+            raise TypeError(
+                "optimizer must be a fastes.optim transformation (e.g. "
+                f"fastes.optim.torch_optimizer(torch.optim.Adam, lr=0.02)); got {optimizer!r}"
+            )
+        # None: ARS's own step, θ += α/(b·σ_R)·Σ(r⁺ − r⁻)δ. Otherwise the optimizer takes the
+        # direction Σ(r⁺ − r⁻)δ/(b·σ_R) as its ascent gradient (learning_rate is then unused).
+        self.optimizer = optimizer
 
     @staticmethod
     def default_population(dim: int) -> int:
@@ -68,7 +79,8 @@ class ARS(Strategy):
         mean = self._flat_params(params)
         z = torch.zeros(self.obs_dim, dtype=torch.float64, device=mean.device)
         count = torch.zeros((), dtype=torch.float64, device=mean.device)
-        return ARSState(mean, count, z, z.clone(), self._counter())
+        opt_state = () if self.optimizer is None else self.optimizer.init(mean)
+        return ARSState(mean, count, z, z.clone(), self._counter(), opt_state)
 
     def _members(self, state, key, ids):
         return state.mean + self.sigma(int(state.generation)) * self._z(key, ids)
@@ -82,17 +94,24 @@ class ARS(Strategy):
         top = top[: self.top]
         sigma_r = torch.cat([r_plus[top], r_minus[top]]).std(unbiased=False)
         t = int(state.generation)
+        lr = 1.0 if self.optimizer is not None else self.learning_rate(t)
         step = torch.zeros(self.population_size, dtype=torch.float32, device=r.device)
         if float(sigma_r) > 0:  # all selected rewards equal: no information, no step
-            coef = self.learning_rate(t) / (self.top * float(sigma_r))
+            coef = lr / (self.top * float(sigma_r))
             step[2 * top] = coef * (r_plus[top] - r_minus[top]).float() / 2
             step[2 * top + 1] = -step[2 * top]
         # Σ_top (r⁺ − r⁻) δ_j via the antithetic fold of ±(r⁺ − r⁻)/2 weights.
-        mean = state.mean + self._z_weighted_sum(key, step).to(state.mean.dtype)
+        direction = self._z_weighted_sum(key, step).to(state.mean.dtype)
+        opt_state = state.opt_state
+        if self.optimizer is None:
+            mean = state.mean + direction
+        else:
+            updates, opt_state = self.optimizer.update(direction, state.opt_state, state.mean)
+            mean = state.mean + updates
         # Each member's weight: its coefficient of z_i in the update, per unit learning rate.
-        lr = self.learning_rate(t)
         weights = step / lr if lr else step
-        return state._replace(mean=mean, generation=state.generation + 1), weights
+        new = state._replace(mean=mean, generation=state.generation + 1, opt_state=opt_state)
+        return new, weights
 
     # -- V2: observation normalisation hook -------------------------------------------------
     def observe(self, state: ARSState, observations: torch.Tensor) -> ARSState:
