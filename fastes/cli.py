@@ -141,12 +141,24 @@ def _eval(args) -> int:
             params = strategy.raveler.unravel(flat.to(strategy.raveler.flat_dtype))
         else:
             params = strategy.params(trainer.state)
-        out = task.evaluate(params, fold_in(key(args.seed), 2**31 - 1))
+        eval_key = fold_in(key(args.seed), 2**31 - 1)
+        out = task.evaluate(params, eval_key)
+        if args.video:
+            from .rl.gym import GymTask
+            from .rl.video import write_video
+
+            seeds = GymTask.seeds(eval_key, args.video_episodes)  # the first evaluated episodes
+            frames, returns, lengths = task.record(params, seeds)
+            write_video(args.video, frames)
     finally:
         getattr(trainer.task, "close", lambda: None)()
     print(f"{args.which} params of {args.run_dir} on {args.episodes} episodes: "
           f"mean return {out['score']:.2f} ± {out['score_std']:.2f}, "
           f"mean length {out['eval_length']:.1f}")  # fmt: skip
+    if args.video:
+        print(f"video: {len(frames)} frames of {args.video_episodes} episode(s), returns "
+              f"{[round(float(r), 2) for r in returns]}, lengths {[int(n) for n in lengths]}, "
+              f"written to {args.video}")  # fmt: skip
     return 0
 
 
@@ -216,6 +228,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--episodes", type=int, default=100)
     e.add_argument("--which", choices=("best", "last"), default="best")
     e.add_argument("--seed", type=int, default=12345)
+    e.add_argument("--video", help="also film episodes to this .gif or .mp4 (gymnasium render)")
+    e.add_argument("--video-episodes", type=int, default=1)
     e.set_defaults(func=_eval)
     s = sub.add_parser("summary", help="print a run's summary")
     s.add_argument("run_dir")

@@ -199,3 +199,34 @@ def test_any_torch_optim_optimizer_through_the_cli(tmp_path):
     with pytest.raises(SystemExit, match=r"--optimizer does not apply to cma_es"):
         main(["train", "cartpole", "--run-dir", str(tmp_path / "y"), "--strategy", "cma_es",
               "--optimizer", "Adam"])  # fmt: skip
+
+
+def test_eval_films_the_agent_to_a_gif_with_the_right_frames(tmp_path, capsys):
+    pytest.importorskip("imageio")
+    from PIL import Image
+
+    run = tmp_path / "r"
+    main(["train", "cartpole", "--run-dir", str(run), "--eval-every", "1", *_SMALL])
+    capsys.readouterr()
+    gif = tmp_path / "best.gif"
+    assert main(["eval", str(run), "--episodes", "2", "--video", str(gif),
+                 "--video-episodes", "2"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    lengths = [int(n) for n in out.split("lengths [")[1].split("]")[0].split(",")]
+    frames = int(out.split("video: ")[1].split(" frames")[0])
+    assert frames == sum(lengths) + 2  # one frame after each reset, one per step
+    # Film the same episodes again (the first two evaluation seeds, the best params): the GIF
+    # holds them, except that its writer (Pillow) merges consecutive identical frames.
+    from fastes.cli import _trainer
+    from fastes.rl.gym import GymTask
+
+    trainer = _trainer(json.loads((run / "config.json").read_text()), str(run), progress=False)
+    trainer.load(run / "checkpoint.pt")
+    best = trainer.strategy.raveler.unravel(trainer.best()[1])
+    seeds = GymTask.seeds(fastes.fold_in(fastes.key(12345), 2**31 - 1), 2)
+    again, _, again_lengths = trainer.task.record(best, seeds)
+    assert [int(n) for n in again_lengths] == lengths and len(again) == frames
+    distinct = 1 + sum(not (a == b).all() for a, b in zip(again, again[1:]))
+    with Image.open(gif) as im:
+        assert im.n_frames == distinct
+        assert im.size == (600, 400)  # CartPole's rgb_array frame

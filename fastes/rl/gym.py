@@ -52,13 +52,20 @@ def _make(env_id: str, env_kwargs: dict):
     return _ENV[k]
 
 
-def run_episodes(env_id, env_kwargs, policy: MLPPolicy, params, norm, seeds, observe=False):
+def run_episodes(
+    env_id, env_kwargs, policy: MLPPolicy, params, norm, seeds, observe=False, frames=None
+):
     """Play one member's episodes (one per seed) in this process; returns
-    ``(returns (E,), lengths (E,), (count, mean, m2) of the observations or None)``."""
+    ``(returns (E,), lengths (E,), (count, mean, m2) of the observations or None)``.
+    ``frames``: a list that receives the rendered RGB frames (one after each reset and step)."""
+    if frames is not None:
+        env_kwargs = {**env_kwargs, "render_mode": "rgb_array"}
     env = _make(env_id, env_kwargs)
     returns, lengths, seen = [], [], []
     for seed in seeds:
         obs, _ = env.reset(seed=int(seed))
+        if frames is not None:
+            frames.append(env.render())
         total, n, done = 0.0, 0, False
         while not done:
             if observe:
@@ -66,6 +73,8 @@ def run_episodes(env_id, env_kwargs, policy: MLPPolicy, params, norm, seeds, obs
             a = policy.act(params, np.asarray(obs, dtype=np.float64), norm)
             a = int(a) if policy.discrete else a.astype(np.float32)
             obs, reward, terminated, truncated, _ = env.step(a)
+            if frames is not None:
+                frames.append(env.render())
             total += float(reward)
             n += 1
             done = terminated or truncated

@@ -62,6 +62,18 @@ class RLTaskMixin:
         self.env_steps += int(lengths.sum())
         return {"episode_length": float(lengths.mean()), "env_steps": self.env_steps}
 
+    def record(self, params, seeds) -> tuple[list, torch.Tensor, torch.Tensor]:
+        """Film one episode per env seed with the unperturbed ``params`` (gymnasium's
+        ``rgb_array`` rendering of this task's env): ``(frames, returns, lengths)``."""
+        from .video import record
+
+        norm = None
+        if self.normalize_obs:
+            norm = tuple(t.numpy() for t in nz.mean_std(self.norm))
+        env_id = getattr(self, "env_id", None) or self.env.GYM_ID
+        env_kwargs = getattr(self, "env_kwargs", {})
+        return record(env_id, self.policy, params, norm, seeds, env_kwargs)
+
     @staticmethod
     def _eval_summary(returns: torch.Tensor, lengths: torch.Tensor) -> dict:
         """What ``evaluate`` reports: mean return (the score), its population std, mean length."""

@@ -1,0 +1,58 @@
+"""Watching the agent: episodes of a policy rendered by gymnasium (``rgb_array``) and written as
+a GIF or MP4 with imageio, the field's usual writer (an optional extra:
+``pip install "fastes[video]"``; MP4 also needs ``imageio-ffmpeg``).
+
+    frames, returns, lengths = record(env_id, policy, params, norm, seeds)
+    write_video("best.gif", frames, fps=30)
+
+The torch-native envs match gymnasium's dynamics, so their policies are filmed in gymnasium's
+own env of the same id (``fastes.envs.cartpole.GYM_ID``, ...).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .._io import atomic_write
+from .gym import run_episodes
+from .policies import MLPPolicy
+
+__all__ = ["record", "write_video"]
+
+
+def record(env_id: str, policy: MLPPolicy, params, norm, seeds, env_kwargs: dict | None = None):
+    """Play one episode per seed with ``params`` and render it: ``(frames, returns, lengths)``,
+    frames a list of (H, W, 3) uint8 arrays — one after each reset and one per step."""
+    frames: list[np.ndarray] = []
+    p = policy.numpy_params(params)
+    returns, lengths, _ = run_episodes(
+        env_id, dict(env_kwargs or {}), policy, p, norm, seeds, frames=frames
+    )
+    return frames, returns, lengths
+
+
+def write_video(path: str | os.PathLike, frames: list, fps: int = 30) -> None:
+    """Write ``frames`` to ``path`` (``.gif`` or ``.mp4``), atomically."""
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".gif", ".mp4"):
+        raise ValueError(f"path must end in .gif or .mp4; got {path!r}")
+    if not frames:
+        raise ValueError("frames is empty: nothing to write")
+    try:
+        import imageio.v2 as imageio
+    except ImportError:
+        raise ImportError('videos need imageio: pip install "fastes[video]"') from None
+    if ext == ".gif":
+        write = lambda fh: imageio.mimsave(fh, frames, format="GIF", duration=1000 / fps, loop=0)
+    else:
+        try:
+            import imageio_ffmpeg  # noqa: F401
+        except ImportError:
+            raise ImportError(
+                "MP4 videos need imageio-ffmpeg: pip install imageio-ffmpeg"
+            ) from None
+        write = lambda fh: imageio.mimsave(fh, frames, format="FFMPEG", fps=fps)
+    atomic_write(path, write)
