@@ -207,3 +207,71 @@ def test_tasks_do_not_depend_on_the_policy_parameter_names():
     stacked = dict(reversed(list(stacked.items())))  # first leaf is now "b1", not "w0"
     assert task.fitness(stacked, fastes.key(1)).shape == (5,)
     assert isinstance(task, fastes.tasks.Task)
+
+
+def _gru_params(policy, seed=0):
+    p = policy.init(fastes.key(seed))
+    p["w_out"] = torch.randn(
+        policy.hidden, policy.act_dim, generator=torch.Generator().manual_seed(seed)
+    )
+    return p
+
+
+def test_gru_policy_torch_numpy_and_batched_paths_agree():
+    from fastes.rl import GRUPolicy
+
+    pol = GRUPolicy(4, 2, 6)
+    members = [_gru_params(pol, s) for s in range(3)]
+    stacked = {k: torch.stack([m[k] for m in members]) for k in members[0]}
+    numpy_members = [pol.numpy_params(m) for m in members]
+    obs = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(9))  # (M, E, obs)
+    h_b, h_t, h_np = None, [None] * 3, [None] * 3
+    for _ in range(4):  # four steps: the state carries
+        a_b, h_b = pol.act(stacked, obs, None, h_b)
+        for m in range(3):
+            a_t, h_t[m] = pol.act(members[m], obs[m], None, h_t[m])
+            a_np, h_np[m] = pol.act(numpy_members[m], obs[m].double().numpy(), None, h_np[m])
+            assert torch.equal(a_b[m], a_t) and np.array_equal(a_t.numpy(), a_np)
+            # Batched vs one-member matmuls, float32 vs float64: values ~1, a few ulps apart.
+            torch.testing.assert_close(h_b[m], h_t[m], rtol=0, atol=1e-6)
+            torch.testing.assert_close(h_t[m].double(), torch.from_numpy(h_np[m]), rtol=0,
+                                       atol=1e-6)  # fmt: skip
+        obs = obs.roll(1, dims=1)
+    with pytest.raises(ValueError, match="hidden must be an int >= 1"):
+        GRUPolicy(4, 2, 0)
+
+
+def test_gru_state_resets_per_episode_and_gym_matches_the_torch_policy():
+    pytest.importorskip("gymnasium")
+    from fastes.rl import GRUPolicy
+    from fastes.rl.gym import run_episodes
+
+    pol = GRUPolicy(4, 2, 6)
+    params = _gru_params(pol, 11)  # a random GRU that balances for 63 steps from seed 3
+    p = pol.numpy_params(params)
+    both, lengths, _ = run_episodes("CartPole-v1", {}, pol, p, None, [3, 4])
+    alone, _, _ = run_episodes("CartPole-v1", {}, pol, p, None, [4])
+    assert both[1] == alone[0]  # the second episode starts from a fresh state
+    # The torch path (float32) drives gymnasium's env to the same return as the numpy path.
+    env = gymnasium.make("CartPole-v1")
+    obs, _ = env.reset(seed=3)
+    total, h, done, actions = 0.0, None, False, set()
+    while not done:
+        a, h = pol.act(params, torch.as_tensor(obs, dtype=torch.float32), None, h)
+        obs, r, term, trunc, _ = env.step(int(a))
+        total, done = total + r, term or trunc
+        actions.add(int(a))
+    assert total == both[0] == lengths[0]
+    assert actions == {0, 1}  # the state and observations really steer it
+
+
+def test_gru_env_task_batched_members_equal_each_member_alone():
+    from fastes.rl import GRUPolicy
+
+    pol = GRUPolicy(6, 3, 5)
+    task = EnvTask("acrobot", policy=pol, episodes=2)
+    members = [_gru_params(pol, s) for s in (3, 7)]
+    stacked = {k: torch.stack([m[k] for m in members]) for k in members[0]}
+    together = task.fitness(stacked, fastes.key(4))
+    alone = [task.fitness({k: v[None] for k, v in m.items()}, fastes.key(4)) for m in members]
+    assert torch.equal(together, torch.cat(alone))

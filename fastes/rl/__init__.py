@@ -12,6 +12,7 @@ gymnasium adapter.
 from .. import normalization
 from ..normalization import RunningNorm, running_norm
 from .policies import MLPPolicy
+from .recurrent import GRUPolicy
 from .tasks import EnvTask, FunctionTask
 
 
@@ -26,6 +27,7 @@ def __getattr__(name):  # GymTask imports gymnasium's adapter lazily
 __all__ = [
     "EnvTask",
     "FunctionTask",
+    "GRUPolicy",
     "GymTask",
     "MLPPolicy",
     "RunningNorm",

@@ -62,15 +62,20 @@ def run_episodes(
         env_kwargs = {**env_kwargs, "render_mode": "rgb_array"}
     env = _make(env_id, env_kwargs)
     returns, lengths, seen = [], [], []
+    recurrent = getattr(policy, "recurrent", False)
     for seed in seeds:
         obs, _ = env.reset(seed=int(seed))
         if frames is not None:
             frames.append(env.render())
-        total, n, done = 0.0, 0, False
+        total, n, done, h = 0.0, 0, False, None  # a recurrent state starts afresh per episode
         while not done:
             if observe:
                 seen.append(obs)
-            a = policy.act(params, np.asarray(obs, dtype=np.float64), norm)
+            x = np.asarray(obs, dtype=np.float64)
+            if recurrent:
+                a, h = policy.act(params, x, norm, h)
+            else:
+                a = policy.act(params, x, norm)
             a = int(a) if policy.discrete else a.astype(np.float32)
             obs, reward, terminated, truncated, _ = env.step(a)
             if frames is not None:

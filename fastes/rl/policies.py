@@ -27,7 +27,22 @@ import torch
 from ..noise import philox_normal_rows
 from ..prng import check_key
 
-__all__ = ["MLPPolicy"]
+__all__ = ["MLPPolicy", "action", "normalized", "numpy_params"]
+
+
+def normalized(xp, obs, norm, clip: float):
+    """``clip((obs − mean) / std, ±clip)`` with ``norm = (mean, std)``; ``obs`` when None."""
+    if norm is None:
+        return obs
+    mean, std = norm
+    return xp.clip((obs - mean) / std, -clip, clip)
+
+
+def action(xp, out, discrete: bool, low: float, high: float):
+    """The action from the last layer: argmax of the logits, or tanh squashed into [low, high]."""
+    if discrete:
+        return out.argmax(-1)
+    return low + (xp.tanh(out) + 1) * (0.5 * (high - low))
 
 
 @dataclass(frozen=True)
@@ -85,24 +100,25 @@ class MLPPolicy:
             params[f"b{i}"] = torch.zeros(n_out, dtype=dtype, device=device or key.device)
         return params
 
+    recurrent = False  # act() keeps no state between steps
+
     def act(self, params: dict, obs, norm=None):
         """Actions for ``obs``; see the module docstring for the shapes. ``norm`` = (mean, std)."""
         xp = np if isinstance(obs, np.ndarray) else torch
         batched = params["w0"].ndim == 3  # (M, in, out): obs (M, E, in)
-        x = obs
-        if norm is not None:
-            mean, std = norm
-            x = xp.clip((x - mean) / std, -self.obs_clip, self.obs_clip)
+        x = normalized(xp, obs, norm, self.obs_clip)
         layers = len(self.sizes) - 1
         for i in range(layers):
             b = params[f"b{i}"]
             x = x @ params[f"w{i}"] + (b[:, None, :] if batched else b)
             if i < layers - 1:
                 x = xp.tanh(x) if self.activation == "tanh" else xp.maximum(x, 0 * x)
-        if self.discrete:
-            return x.argmax(-1)
-        return self.low + (xp.tanh(x) + 1) * (0.5 * (self.high - self.low))
+        return action(xp, x, self.discrete, self.low, self.high)
 
     def numpy_params(self, params: dict) -> dict:
-        """The params as float64 numpy arrays (for the numpy path in worker processes)."""
-        return {k: v.detach().cpu().double().numpy() for k, v in params.items()}
+        return numpy_params(params)
+
+
+def numpy_params(params: dict) -> dict:
+    """A policy's params as float64 numpy arrays (for the numpy path in worker processes)."""
+    return {k: v.detach().cpu().double().numpy() for k, v in params.items()}

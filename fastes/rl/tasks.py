@@ -127,6 +127,14 @@ class EnvTask(RLTaskMixin):
         if self.normalize_obs:
             norm = tuple(t.float().to(self.device) for t in nz.mean_std(self.norm))
         act = lambda obs: self.policy.act(params, obs.float(), norm)
+        if getattr(self.policy, "recurrent", False):
+            # A batch of torch-native episodes starts together: one state, reset here.
+            memory = {"h": None}
+
+            def act(obs):
+                a, memory["h"] = self.policy.act(params, obs.float(), norm, memory["h"])
+                return a
+
         return envs.rollout(
             act, key, (episodes,), self.env, self.device, self.normalize_obs, members=members
         )

@@ -1,0 +1,105 @@
+"""A GRU policy: a hidden state carried through the episode and reset at its start.
+
+Portable ES evolved recurrent (autoregressive) policies; this is the same idea on fastes'
+params-as-pytree policies. ``act(params, obs, norm, h) -> (action, h')`` runs one step of a GRU
+cell (PyTorch's gate equations, Cho et al. 2014, https://arxiv.org/abs/1406.1078) and a linear
+read-out; ``initial_state`` gives the zero state an episode starts from. Like
+:class:`fastes.rl.MLPPolicy` it takes one member's params or a population's stacked params
+(M, ...) with observations (M, E, obs_dim), in torch or in numpy (gymnasium workers):
+
+    r = σ(x W_ir + b_ir + h W_hr + b_hr),  z = σ(x W_iz + b_iz + h W_hz + b_hz)
+    n = tanh(x W_in + b_in + r ⊙ (h W_hn + b_hn)),  h' = (1 − z) ⊙ n + z ⊙ h
+
+The torch-native envs start every episode of a batch together, so a batched rollout resets the
+state once; gymnasium workers reset it at every ``env.reset``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .._validate import positive_int
+from ..noise import philox_normal_rows
+from ..prng import check_key
+from .policies import action, normalized, numpy_params
+
+__all__ = ["GRUPolicy"]
+
+
+def _sigmoid(xp, x):
+    return 1 / (1 + xp.exp(-x))
+
+
+@dataclass(frozen=True)
+class GRUPolicy:
+    """A GRU policy ``obs_dim → GRU(hidden) → act_dim`` (see the module docstring).
+
+    Args:
+        obs_dim, act_dim, discrete, low, high, obs_clip: as for :class:`MLPPolicy`.
+        hidden: the GRU's state size.
+    """
+
+    obs_dim: int
+    act_dim: int
+    hidden: int = 16
+    discrete: bool = True
+    low: float = -1.0
+    high: float = 1.0
+    obs_clip: float = 5.0
+
+    recurrent = True
+
+    def __post_init__(self):
+        for name in ("obs_dim", "act_dim", "hidden"):
+            positive_int(getattr(self, name), name)
+        if not self.discrete and not self.low < self.high:
+            raise ValueError(f"need low < high; got low={self.low}, high={self.high}")
+
+    def init(self, key: torch.Tensor, dtype: torch.dtype = torch.float32, device=None) -> dict:
+        """Params from ``key``: gate weights N(0, 1/fan_in), zero biases and a zero read-out (the
+        initial policy is neutral, as for MLPPolicy)."""
+        check_key(key)
+        H, device = self.hidden, device or key.device
+
+        def normal(row: int, fan_in: int, fan_out: int) -> torch.Tensor:
+            w = philox_normal_rows(key, [row], fan_in * fan_out)[0] / math.sqrt(fan_in)
+            return w.reshape(fan_in, fan_out).to(dtype=dtype, device=device)
+
+        zeros = lambda *shape: torch.zeros(*shape, dtype=dtype, device=device)
+        return {
+            "w_ih": normal(0, self.obs_dim, 3 * H), "w_hh": normal(1, H, 3 * H),
+            "b_ih": zeros(3 * H), "b_hh": zeros(3 * H),
+            "w_out": zeros(H, self.act_dim), "b_out": zeros(self.act_dim),
+        }  # fmt: skip
+
+    def initial_state(self, params: dict, batch_shape: tuple[int, ...] = ()):
+        """The zero state (*batch_shape, hidden) in ``params``' library, dtype and device."""
+        w = params["w_hh"]
+        if isinstance(w, np.ndarray):
+            return np.zeros((*batch_shape, self.hidden), dtype=w.dtype)
+        return torch.zeros((*batch_shape, self.hidden), dtype=w.dtype, device=w.device)
+
+    def act(self, params: dict, obs, norm=None, h=None):
+        """``(action, h')`` for ``obs`` and state ``h`` (None: the initial state)."""
+        xp = np if isinstance(obs, np.ndarray) else torch
+        batched = params["w_hh"].ndim == 3  # (M, H, 3H): obs (M, E, obs_dim)
+        x = normalized(xp, obs, norm, self.obs_clip)
+        if h is None:
+            h = self.initial_state(params, tuple(obs.shape[:-1]))
+        bias = (lambda b: b[:, None, :]) if batched else (lambda b: b)
+        gi = x @ params["w_ih"] + bias(params["b_ih"])  # (..., 3H)
+        gh = h @ params["w_hh"] + bias(params["b_hh"])
+        H = self.hidden
+        r = _sigmoid(xp, gi[..., :H] + gh[..., :H])
+        z = _sigmoid(xp, gi[..., H : 2 * H] + gh[..., H : 2 * H])
+        n = xp.tanh(gi[..., 2 * H :] + r * gh[..., 2 * H :])
+        h = (1 - z) * n + z * h
+        out = h @ params["w_out"] + bias(params["b_out"])
+        return action(xp, out, self.discrete, self.low, self.high), h
+
+    def numpy_params(self, params: dict) -> dict:
+        return numpy_params(params)
