@@ -265,13 +265,40 @@ def test_gru_state_resets_per_episode_and_gym_matches_the_torch_policy():
     assert actions == {0, 1}  # the state and observations really steer it
 
 
-def test_gru_env_task_batched_members_equal_each_member_alone():
-    from fastes.rl import GRUPolicy
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_recurrent_env_task_batched_members_equal_each_member_alone(kind):
+    from fastes.rl import GRUPolicy, LSTMPolicy
 
-    pol = GRUPolicy(6, 3, 5)
+    pol = (GRUPolicy if kind == "gru" else LSTMPolicy)(6, 3, 5)
     task = EnvTask("acrobot", policy=pol, episodes=2)
     members = [_gru_params(pol, s) for s in (3, 7)]
     stacked = {k: torch.stack([m[k] for m in members]) for k in members[0]}
     together = task.fitness(stacked, fastes.key(4))
     alone = [task.fitness({k: v[None] for k, v in m.items()}, fastes.key(4)) for m in members]
     assert torch.equal(together, torch.cat(alone))
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_recurrent_cells_equal_torch_nn_cells(kind):
+    from fastes.rl import GRUPolicy, LSTMPolicy
+
+    pol = (GRUPolicy if kind == "gru" else LSTMPolicy)(4, 2, 5)
+    p = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(i))
+         for i, (k, v) in enumerate(pol.init(fastes.key(0)).items())}  # fmt: skip
+    cell = (torch.nn.GRUCell if kind == "gru" else torch.nn.LSTMCell)(4, 5)
+    with torch.no_grad():
+        cell.weight_ih.copy_(p["w_ih"].T)
+        cell.weight_hh.copy_(p["w_hh"].T)
+        cell.bias_ih.copy_(p["b_ih"])
+        cell.bias_hh.copy_(p["b_hh"])
+    x = torch.randn(6, 3, 4, generator=torch.Generator().manual_seed(7))  # 6 steps, batch 3
+    state, ref = None, None
+    for t in range(6):
+        a, state = pol.act(p, x[t], None, state)
+        with torch.no_grad():
+            ref = cell(x[t], ref)
+        ours_h = state[0] if kind == "lstm" else state
+        ref_h = ref[0] if kind == "lstm" else ref
+        # Same equations, different fusing of the matmuls: values ~1, within a few float32 ulps.
+        torch.testing.assert_close(ours_h, ref_h, rtol=0, atol=1e-6)
+        assert torch.equal(a, (ours_h @ p["w_out"] + p["b_out"]).argmax(-1))

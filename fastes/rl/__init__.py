@@ -12,7 +12,7 @@ gymnasium adapter.
 from .. import normalization
 from ..normalization import RunningNorm, running_norm
 from .policies import MLPPolicy
-from .recurrent import GRUPolicy
+from .recurrent import GRUPolicy, LSTMPolicy
 from .tasks import EnvTask, FunctionTask
 
 
@@ -28,6 +28,7 @@ __all__ = [
     "EnvTask",
     "FunctionTask",
     "GRUPolicy",
+    "LSTMPolicy",
     "GymTask",
     "MLPPolicy",
     "RunningNorm",
