@@ -160,13 +160,19 @@ def test_atomic_write_gives_files_the_usual_permissions(tmp_path):
     assert (path.stat().st_mode & 0o777) == 0o666 & ~old  # not mkstemp's 0600
 
 
-@pytest.mark.parametrize("name", sorted(fastes.strategies.REGISTRY))
-def test_every_strategy_checkpoints_and_resumes_bit_identically(name, tmp_path):
+@pytest.mark.parametrize(
+    "name,torch_opt",
+    [(n, False) for n in sorted(fastes.strategies.REGISTRY)] + [("openai_es", True)],
+)
+def test_every_strategy_checkpoints_and_resumes_bit_identically(name, torch_opt, tmp_path):
     # The checkpoint stores the strategy state as pytree leaves and rebuilds it from a fresh
     # strategy's template: this must hold for every state layout (CMA's matrices, IPOP's nested
-    # restart state, ARS's observation statistics, optimizer states).
+    # restart state, ARS's observation statistics, optimizer states — torch.optim's too, whose
+    # state torch creates lazily on the first step).
     settings = dict(fastes.strategies.TEST_FUNCTION_SETTINGS[name])
     settings["population_size"] = 8 if name != "cem" else 16
+    if torch_opt:
+        settings["optimizer"] = fastes.optim.torch_optimizer(torch.optim.RAdam, lr=0.05)
     params = {"x": torch.linspace(-1, 1, 5), "y": torch.ones(2, dtype=torch.float64)}
     sphere = lambda p: -(p["x"] ** 2).sum() - (p["y"] ** 2).sum().float()
 
