@@ -132,33 +132,37 @@ class Strategy:
         ranks gather it, in member order, and all compute the same new state."""
         check_key(key)
         if local:
-            group = distributed.current()
-            per_pair = 2 if self.antithetic else 1
             fitness = fitness if isinstance(fitness, torch.Tensor) else torch.as_tensor(fitness)
-            P = self.population(state)
-            fitness = distributed.gather_rows(fitness, P // per_pair, per_pair, group)
+            fitness = self._gather_local(fitness, state)
         return self._tell(state, key, self._check_fitness(fitness, state))[0]
 
     def local_members(self, state) -> tuple[int, int]:
         """This rank's member ids [start, stop) under torch.distributed (whole antithetic pairs);
         all of them in a single process."""
-        per_pair = 2 if self.antithetic else 1
-        lo, hi = distributed.member_range(self.population(state) // per_pair)
-        return per_pair * lo, per_pair * hi
+        lo, hi = distributed.member_range(self.population(state) // self._per_pair)
+        return self._per_pair * lo, self._per_pair * hi
+
+    def _gather_local(self, fitness: torch.Tensor, state) -> torch.Tensor:
+        """Every rank's fitness for its :meth:`local_members`, in member order (a no-op in a
+        single process)."""
+        P = self.population(state)
+        return distributed.gather_rows(fitness, P // self._per_pair, self._per_pair)
+
+    @property
+    def _per_pair(self) -> int:
+        """Members per noise row: 2 for antithetic pairs."""
+        return 2 if self.antithetic else 1
 
     def step(self, state, fitness_fn: Callable[..., Any], key: torch.Tensor, fitness_args=()):
         """Ask, evaluate (chunked), tell: returns ``(new_state, FitnessStats)``."""
         check_key(key)
         check_callable(fitness_fn, "fitness_fn")
         fitness_args = check_fitness_args(fitness_args)
-        P = self.population(state)
-        per_pair = 2 if self.antithetic else 1
         chunk = self.chunk_size or default_chunk_size(
-            self.dim, self.raveler.flat_dtype, self.raveler.device, per_pair
+            self.dim, self.raveler.flat_dtype, self.raveler.device, self._per_pair
         )
-        chunk += chunk % per_pair  # keep antithetic pairs together
+        chunk += chunk % self._per_pair  # keep antithetic pairs together
         # Under torch.distributed this rank evaluates its slice of the members (whole pairs).
-        group = distributed.current()
         lo, hi = self.local_members(state)
         parts = []
         for m0 in range(lo, hi, chunk):
@@ -168,10 +172,7 @@ class Strategy:
                 fitness_args=fitness_args,
             )  # fmt: skip
             parts.append(out.detach())
-        fitness = torch.cat(parts)
-        if group is not None:
-            fitness = distributed.gather_rows(fitness, P // per_pair, per_pair, group)
-        fitness = self._check_fitness(fitness, state)
+        fitness = self._check_fitness(self._gather_local(torch.cat(parts), state), state)
         new_state, weights = self._tell(state, key, fitness)
         return new_state, self._stats(fitness, weights)
 
