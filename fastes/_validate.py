@@ -17,6 +17,7 @@ __all__ = [
     "FLOAT32_MAX",
     "check_callable",
     "check_evaluation",
+    "check_exchange",
     "check_finite_flat",
     "check_fitness_args",
     "check_population",
@@ -27,6 +28,7 @@ __all__ = [
 # Hyperparameters multiply float32 tensors; a value past float32's range cannot be converted.
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 MODES = ("vmap", "batched", "loop")  # fastes.evaluate's modes (re-exported there)
+EXCHANGES = ("fitness", "partial_sums")  # fastes.distributed's exchanges (re-exported there)
 
 
 def positive_int(value: Any, name: str, minimum: int = 1) -> int:
@@ -93,6 +95,13 @@ def check_evaluation(mode: str, chunk_size: int | None) -> None:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
     if chunk_size is not None:
         positive_int(chunk_size, "chunk_size")
+
+
+def check_exchange(exchange: str) -> str:
+    """What processes exchange under torch.distributed: one of EXCHANGES."""
+    if exchange not in EXCHANGES:
+        raise ValueError(f"exchange must be one of {EXCHANGES}; got {exchange!r}")
+    return exchange
 
 
 def check_finite_flat(flat: torch.Tensor, name: str = "params") -> torch.Tensor:

@@ -40,9 +40,10 @@ from typing import Any, NamedTuple
 import torch
 import torch.distributed as dist
 
-from ._validate import positive_int, real
+from ._validate import EXCHANGES, positive_int, real
 
 __all__ = [
+    "EXCHANGES",
     "Group",
     "check_consistent",
     "checksum",
@@ -255,9 +256,6 @@ def sum_in_rank_order(partial: torch.Tensor, group: Group | None = None) -> torc
     for r in range(1, group.world_size):
         total += parts[r]
     return total.reshape(partial.shape)
-
-
-EXCHANGES = ("fitness", "partial_sums")
 
 
 def checksum(tree: Any) -> int:

@@ -27,6 +27,7 @@ from . import distributed, optim
 from ._validate import (
     check_callable,
     check_evaluation,
+    check_exchange,
     check_finite_flat,
     check_fitness_args,
     check_population,
@@ -268,12 +269,6 @@ def _validated_estimate(
     return theta, rav, g, stats
 
 
-def check_exchange(exchange: str) -> str:
-    if exchange not in distributed.EXCHANGES:
-        raise ValueError(f"exchange must be one of {distributed.EXCHANGES}; got {exchange!r}")
-    return exchange
-
-
 def estimate_grad(
     params: Any,
     fitness_fn: Callable[..., Any],
@@ -355,7 +350,7 @@ def es_step(
     exchange: str = "fitness",
     return_stats: bool = False,
 ) -> Any:
-    """One OpenAI-ES generation: θ ← θ + learning_rate·(ĝ − weight_decay·θ).
+    """One OpenAI-ES generation: θ ← θ + learning_rate·ĝ − learning_rate·weight_decay·θ.
 
     Pure: ``params`` is not modified; the updated pytree is returned with the same structure,
     shapes, dtypes and device. Arguments are those of :func:`estimate_grad`, plus

@@ -16,8 +16,8 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import optim
-from .._validate import check_callable, check_fitness_args, real
-from ..es import _flat_estimate, check_exchange
+from .._validate import check_callable, check_exchange, check_fitness_args, real
+from ..es import _flat_estimate
 from ..prng import check_key
 from ..schedules import resolve
 from ..shaping import METHODS
