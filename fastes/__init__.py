@@ -7,7 +7,8 @@ public pieces: keys (:mod:`fastes.prng`), counter-based noise (:mod:`fastes.nois
 (:mod:`fastes.optim`). Fitness is maximized everywhere (``minimize=True`` says otherwise).
 
 Above the core: strategies (:mod:`fastes.strategies`), the task protocol (:mod:`fastes.tasks`),
-RL (:mod:`fastes.envs`, :mod:`fastes.rl`) and the :class:`Trainer` with its CLI.
+RL (:mod:`fastes.envs`, :mod:`fastes.rl`), population-based training (:mod:`fastes.pbt`) and
+the :class:`Trainer` with its CLI.
 
 Importing fastes does not import triton, initialise CUDA or change torch settings.
 """
@@ -19,6 +20,7 @@ from . import (
     expectations,
     noise,
     optim,
+    pbt,
     prng,
     rl,
     schedules,
@@ -61,6 +63,7 @@ __all__ = [
     "optim",
     "prng",
     "ravel",
+    "pbt",
     "rl",
     "schedules",
     "shape_fitness",

@@ -47,6 +47,7 @@ __all__ = [
     "philox_weighted_sum",
     "philox_perturb",
     "table_offsets",
+    "uniform",
     "DEFAULT_TABLE_SIZE",
 ]
 
@@ -120,6 +121,26 @@ def philox_normal_rows(
         n = min(step, nb - b0)
         out[:, 4 * b0 : 4 * (b0 + n)] = _box_muller(*_philox_words(k, rows, b0, n), dtype)
     return out[:, :dim]
+
+
+def uniform(key: torch.Tensor, batch: tuple[int, ...], low, high, device=None) -> torch.Tensor:
+    """(*batch, k) float64 uniforms in (low, high) per feature, from ``key`` (k = len(low)).
+
+    Element [..., j] of flat batch index b is word j of Philox row b, so any batch shape gives
+    the same numbers in the same order.
+
+    Example:
+        >>> uniform(fastes.key(0), (3,), [0.0], [1.0]).shape
+        torch.Size([3, 1])
+    """
+    check_key(key)
+    if not isinstance(batch, tuple) or any(not isinstance(b, int) or b < 1 for b in batch):
+        raise ValueError(f"batch must be a tuple of positive ints; got {batch!r}")
+    low = torch.as_tensor(low, dtype=torch.float64)
+    high = torch.as_tensor(high, dtype=torch.float64)
+    words = philox_uint32_rows(key, torch.arange(math.prod(batch)), low.numel())
+    u = (words.double() + 0.5) / 2**32  # (0, 1)
+    return (low + (high - low) * u).reshape(*batch, low.numel()).to(device)
 
 
 class NoiseTable(NamedTuple):

@@ -12,6 +12,12 @@ Every transformation here **ascends**: it takes the fitness gradient ĝ from
 States are NamedTuples of tensors/pytrees, so they checkpoint with ``torch.save``. Hyperparameters
 are closed over; ``learning_rate`` may be a number or a schedule (``fastes.schedules``), evaluated
 at the state's step count.
+
+**Stacked populations.** The hyperparameters of :func:`sgd`, :func:`momentum`, :func:`adam`,
+:func:`adamw` and :func:`add_decayed_weights` may also be float tensors of shape (N,): one value
+per member of a population whose params are stacked along dim 0 (every leaf of shape (N, ...)),
+as in :mod:`fastes.pbt`. Member n's slice then steps exactly as that transformation with the
+scalar hyperparameters ``h[n]`` would, computed in the leaf's dtype.
 """
 
 from __future__ import annotations
@@ -83,10 +89,45 @@ def _count(params: Any) -> torch.Tensor:
     return torch.zeros((), dtype=torch.int64, device=device)
 
 
+def _hyper(value: Any, name: str, high: float | None = None) -> float | torch.Tensor:
+    """A hyperparameter: a finite real >= 0 (< ``high`` when given), or a float tensor of shape
+    (N,) holding one such value per member of a stacked population."""
+    if not isinstance(value, torch.Tensor):
+        return real(value, name) if high is None else real(value, name, high=high)
+    if not value.is_floating_point() or value.ndim != 1:
+        raise TypeError(
+            f"{name} given as a tensor must be a float tensor of shape (N,), one value per member "
+            f"of a stacked population; got dtype {value.dtype} and shape {tuple(value.shape)}"
+        )
+    if value.device.type == "cpu" and not torch.compiler.is_compiling():
+        bad = ~torch.isfinite(value) | (value < 0)
+        if high is not None:
+            bad |= value >= high
+        if bool(bad.any()):
+            limit = f" and < {high:g}" if high is not None else ""
+            raise ValueError(
+                f"{name} must hold finite values >= 0{limit}; got {value[bad][:4].tolist()} "
+                f"at members {bad.nonzero().flatten()[:4].tolist()}"
+            )
+    return value.detach()
+
+
+def _member(h: Any, leaf: torch.Tensor) -> Any:
+    """A scalar hyperparameter as is; an (N,) one as an (N, 1, ..., 1) tensor in leaf's dtype."""
+    if not isinstance(h, torch.Tensor):
+        return h
+    if leaf.ndim == 0 or leaf.shape[0] != h.shape[0]:
+        raise ValueError(
+            f"a per-member hyperparameter of shape {tuple(h.shape)} needs params stacked along "
+            f"dim 0 with {h.shape[0]} members; got a leaf of shape {tuple(leaf.shape)}"
+        )
+    return h.to(leaf.dtype).reshape(h.shape + (1,) * (leaf.ndim - 1))
+
+
 def _lr_schedule(learning_rate) -> Callable[[int], float]:
-    if callable(learning_rate):
+    if callable(learning_rate) and not isinstance(learning_rate, torch.Tensor):
         return learning_rate
-    lr = real(learning_rate, "learning_rate")
+    lr = _hyper(learning_rate, "learning_rate")
     return lambda t: lr
 
 
@@ -112,7 +153,7 @@ def sgd(learning_rate) -> GradientTransformation:
 
     def update(grad, state, params=None):
         lr = schedule(int(state.count))
-        return tree_map(lambda g: lr * g, grad), SgdState(state.count + 1)
+        return tree_map(lambda g: _member(lr, g) * g, grad), SgdState(state.count + 1)
 
     return GradientTransformation(lambda params: SgdState(_count(params)), update)
 
@@ -120,16 +161,16 @@ def sgd(learning_rate) -> GradientTransformation:
 def momentum(learning_rate, beta: float = 0.9, nesterov: bool = False):
     """Heavy-ball momentum: v ← β·v + ĝ; updates = lr·v (lr·(β·v + ĝ) with Nesterov)."""
     schedule = _lr_schedule(learning_rate)
-    beta = real(beta, "beta", high=1.0)
+    beta = _hyper(beta, "beta", high=1.0)
 
     def init(params):
         return MomentumState(_zeros_f32(params), _count(params))
 
     def update(grad, state, params=None):
         lr = schedule(int(state.count))
-        v = tree_map(lambda v, g: beta * v + g, state.velocity, grad)
-        step = tree_map(lambda v, g: beta * v + g, v, grad) if nesterov else v
-        return tree_map(lambda s: lr * s, step), MomentumState(v, state.count + 1)
+        v = tree_map(lambda v, g: _member(beta, v) * v + g, state.velocity, grad)
+        step = tree_map(lambda v, g: _member(beta, v) * v + g, v, grad) if nesterov else v
+        return tree_map(lambda s: _member(lr, s) * s, step), MomentumState(v, state.count + 1)
 
     return GradientTransformation(init, update)
 
@@ -141,22 +182,27 @@ def adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
     bias corrections m̂ = m / (1 − b1^t), v̂ = v / (1 − b2^t).
     """
     schedule = _lr_schedule(learning_rate)
-    b1 = real(b1, "b1", high=1.0)
-    b2 = real(b2, "b2", high=1.0)
-    eps = real(eps, "eps")
+    b1 = _hyper(b1, "b1", high=1.0)
+    b2 = _hyper(b2, "b2", high=1.0)
+    eps = _hyper(eps, "eps")
 
     def init(params):
         return AdamState(_count(params), _zeros_f32(params), _zeros_f32(params))
 
     def update(grad, state, params=None):
         count = state.count + 1
-        mu = tree_map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grad)
-        nu = tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, grad)
+        m1, m2 = (lambda t: _member(b1, t)), (lambda t: _member(b2, t))
+        mu = tree_map(lambda m, g: m1(m) * m + (1 - m1(m)) * g, state.mu, grad)
+        nu = tree_map(lambda v, g: m2(v) * v + (1 - m2(v)) * g * g, state.nu, grad)
         lr = schedule(int(state.count))
         c1 = 1 - b1 ** count.item()
         c2 = 1 - b2 ** count.item()
-        updates = tree_map(lambda m, v: lr * (m / c1) / ((v / c2).sqrt() + eps), mu, nu)
-        return updates, AdamState(count, mu, nu)
+
+        def step(m, v):
+            at = lambda h: _member(h, m)  # noqa: E731
+            return at(lr) * (m / at(c1)) / ((v / at(c2)).sqrt() + at(eps))
+
+        return tree_map(step, mu, nu), AdamState(count, mu, nu)
 
     return GradientTransformation(init, update)
 
@@ -205,14 +251,14 @@ def add_decayed_weights(weight_decay: float, learning_rate=1.0) -> GradientTrans
       L2 regularisation: −wd·θ joins the gradient and is rescaled by Adam like the rest, as in
       ``torch.optim.Adam(weight_decay=wd)``. With plain SGD the two coincide.
     """
-    wd = real(weight_decay, "weight_decay")
+    wd = _hyper(weight_decay, "weight_decay")
     schedule = _lr_schedule(learning_rate)
 
     def update(grad, state, params):
         if params is None:
             raise ValueError("add_decayed_weights needs params: call update(grad, state, params)")
         scale = schedule(int(state.count)) * wd
-        new = tree_map(lambda g, p: g - scale * p.detach(), grad, params)
+        new = tree_map(lambda g, p: g - _member(scale, p) * p.detach(), grad, params)
         return new, DecayState(state.count + 1)
 
     return GradientTransformation(lambda params: DecayState(_count(params)), update)

@@ -8,13 +8,15 @@ import csv
 import io
 import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 
 from ._io import atomic_write
 
 __all__ = ["FORMAT", "CheckpointError", "load_checkpoint", "plot_history", "summary_writer",
-           "write_csv"]  # fmt: skip
+           "unflatten_like", "write_csv"]  # fmt: skip
 
 FORMAT = 1  # the checkpoint layout written by Trainer.checkpoint()
 
@@ -23,15 +25,21 @@ class CheckpointError(ValueError):
     """A run directory's file is missing, damaged or from another run (the message names it)."""
 
 
-_CHECKPOINT_KEYS = ("generation", "key", "strategy", "strategy_state", "task", "history",
-                    "best_score", "best_flat", "streak")  # fmt: skip
+_CHECKPOINT_KEYS = {  # what each kind of run writes (Trainer checkpoints carry no "kind")
+    "trainer": ("generation", "key", "strategy", "strategy_state", "task", "history",
+                "best_score", "best_flat", "streak"),
+    "pbt": ("config", "round", "step", "params", "opt_state", "hyperparameters", "history",
+            "best"),
+}  # fmt: skip
+_NAMES = {"trainer": "Trainer", "pbt": "PBT"}
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """A checkpoint written by :class:`Trainer` (tensors and plain data only).
+def load_checkpoint(path: str | os.PathLike, kind: str = "trainer") -> dict:
+    """A checkpoint written by :class:`Trainer` (``kind="trainer"``) or by
+    :class:`fastes.pbt.VectorizedPBT` (``kind="pbt"``): tensors and plain data only.
 
     Raises :class:`CheckpointError` naming the file when it is missing, empty, truncated,
-    not a torch file, or not a fastes Trainer checkpoint.
+    not a torch file, or not a fastes checkpoint of that kind.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -49,14 +57,39 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             reason += ": " + text.splitlines()[0][:200]
         raise CheckpointError(
             f"checkpoint {path} cannot be read: it is damaged (truncated?) or not a fastes "
-            f"Trainer checkpoint ({reason})"
+            f"{_NAMES[kind]} checkpoint ({reason})"
         ) from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a fastes Trainer checkpoint (format {FORMAT})")
-    missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
+    if (not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT
+            or ckpt.get("kind", "trainer") != kind):  # fmt: skip
+        raise CheckpointError(f"{path} is not a fastes {_NAMES[kind]} checkpoint (format {FORMAT})")
+    missing = [k for k in _CHECKPOINT_KEYS[kind] if k not in ckpt]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: it lacks {missing}")
     return ckpt
+
+
+def unflatten_like(leaves: list, template: Any, path: str, what: str) -> Any:
+    """Saved flat ``leaves`` (``tree_flatten(tree)[0]``) back into ``template``'s structure, on
+    its leaves' devices; a CheckpointError naming ``path`` unless count, shapes and dtypes match."""
+    ref, spec = pytree.tree_flatten(template)
+    if (
+        not isinstance(leaves, list)
+        or len(leaves) != len(ref)
+        or any(
+            isinstance(a, torch.Tensor) != isinstance(b, torch.Tensor)
+            or isinstance(a, torch.Tensor)
+            and (a.shape != b.shape or a.dtype != b.dtype)
+            for a, b in zip(leaves, ref, strict=False)
+        )
+    ):
+        raise CheckpointError(
+            f"checkpoint {path} does not match {what} layout (other hyperparameters or params "
+            "than the run that wrote it?)"
+        )
+    # Checkpoints load on the CPU; each leaf goes back to the template's device.
+    leaves = [a.to(b.device) if isinstance(a, torch.Tensor) else a
+              for a, b in zip(leaves, ref, strict=True)]  # fmt: skip
+    return pytree.tree_unflatten(leaves, spec)
 
 
 def write_csv(path: str, history: list[dict]) -> None:

@@ -45,7 +45,14 @@ from . import distributed
 from ._io import atomic_write
 from ._validate import positive_int
 from .prng import check_key, fold_in, split
-from .run_files import FORMAT, CheckpointError, load_checkpoint, plot_history, write_csv
+from .run_files import (
+    FORMAT,
+    CheckpointError,
+    load_checkpoint,
+    plot_history,
+    unflatten_like,
+    write_csv,
+)
 from .run_files import summary_writer as _summary_writer
 from .strategies.base import Strategy
 from .tasks import FunctionTask
@@ -141,7 +148,6 @@ class Trainer:
                 raise ValueError("params is required when the task has no init_params")
             params = self.task.init_params(init_key)
         self.state = strategy.init(params)
-        self._state_spec = pytree.tree_flatten(self.state)[1]
         self.generation = 0
         self.history: list[dict] = []
         self.minimize = strategy.minimize
@@ -327,26 +333,10 @@ class Trainer:
                 f"checkpoint {path} is for strategy {ckpt['strategy']!r}, "
                 f"not {self.strategy.name!r}"
             )
-        leaves = ckpt["strategy_state"]
-        template = pytree.tree_flatten(self.state)[0]
-        if len(leaves) != len(template) or any(
-            isinstance(a, torch.Tensor) != isinstance(b, torch.Tensor)
-            or isinstance(a, torch.Tensor)
-            and (a.shape != b.shape or a.dtype != b.dtype)
-            for a, b in zip(leaves, template, strict=False)
-        ):
-            raise CheckpointError(
-                f"checkpoint {path} does not match this strategy's state layout (other "
-                "hyperparameters or params than the run that wrote it?)"
-            )
+        state = unflatten_like(ckpt["strategy_state"], self.state, path, "this strategy's state")
         if not torch.equal(ckpt["key"], self.key):
             raise CheckpointError(f"checkpoint {path} was made with key {ckpt['key'].tolist()}")
-        # Checkpoints load on the CPU; the state goes back to the params' device.
-        leaves = [
-            a.to(b.device) if isinstance(a, torch.Tensor) else a
-            for a, b in zip(leaves, template, strict=True)
-        ]
-        self.state = pytree.tree_unflatten(leaves, self._state_spec)
+        self.state = state
         if hasattr(self.task, "load_state_dict"):
             self.task.load_state_dict(ckpt["task"])
         self.generation = int(ckpt["generation"])

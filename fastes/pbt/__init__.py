@@ -1,0 +1,32 @@
+"""Population-based training (Jaderberg et al. 2017, https://arxiv.org/abs/1711.09846).
+
+* :mod:`~fastes.pbt.space` — search spaces (:class:`Float`, :class:`Int`, :class:`Choice`,
+  :class:`Bool`, dataclasses with :func:`hparam`) and the explore operators.
+* :mod:`~fastes.pbt.select` — exploit rules: Ray Tune's truncation, EPBT's elitism + tournament.
+* :class:`VectorizedPBT` — N members of one model trained in one batched program.
+* :mod:`~fastes.pbt.taylorglo` — the TaylorGLO loss, whose coefficients PBT can evolve.
+"""
+
+from .select import Exploit, gather, rank_order, tournament, truncation
+from .space import Bool, Choice, Float, Int, Space, as_space, hparam
+from .taylorglo import taylorglo_loss, taylorglo_space
+from .vectorized import PBTResult, VectorizedPBT
+
+__all__ = [
+    "Bool",
+    "Choice",
+    "Exploit",
+    "Float",
+    "Int",
+    "PBTResult",
+    "Space",
+    "VectorizedPBT",
+    "as_space",
+    "gather",
+    "hparam",
+    "rank_order",
+    "taylorglo_loss",
+    "taylorglo_space",
+    "tournament",
+    "truncation",
+]
