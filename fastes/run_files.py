@@ -28,15 +28,17 @@ class CheckpointError(ValueError):
 _CHECKPOINT_KEYS = {  # what each kind of run writes (Trainer checkpoints carry no "kind")
     "trainer": ("generation", "key", "strategy", "strategy_state", "task", "history",
                 "best_score", "best_flat", "streak"),
-    "pbt": ("config", "round", "step", "params", "opt_state", "hyperparameters", "history",
-            "best"),
+    "pbt-vectorized": ("config", "round", "hyperparameters", "history", "best", "step", "params",
+                       "opt_state"),
+    "pbt-process": ("config", "round", "hyperparameters", "history", "best", "checkpoints"),
 }  # fmt: skip
-_NAMES = {"trainer": "Trainer", "pbt": "PBT"}
+_NAMES = {"trainer": "Trainer", "pbt-vectorized": "VectorizedPBT", "pbt-process": "ProcessPBT"}
 
 
 def load_checkpoint(path: str | os.PathLike, kind: str = "trainer") -> dict:
-    """A checkpoint written by :class:`Trainer` (``kind="trainer"``) or by
-    :class:`fastes.pbt.VectorizedPBT` (``kind="pbt"``): tensors and plain data only.
+    """A checkpoint written by :class:`Trainer` (``kind="trainer"``), by
+    :class:`fastes.pbt.VectorizedPBT` (``"pbt-vectorized"``) or :class:`fastes.pbt.ProcessPBT`
+    (``"pbt-process"``): tensors and plain data only.
 
     Raises :class:`CheckpointError` naming the file when it is missing, empty, truncated,
     not a torch file, or not a fastes checkpoint of that kind.

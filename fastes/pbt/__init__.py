@@ -4,21 +4,26 @@
   :class:`Bool`, dataclasses with :func:`hparam`) and the explore operators.
 * :mod:`~fastes.pbt.select` — exploit rules: Ray Tune's truncation, EPBT's elitism + tournament.
 * :class:`VectorizedPBT` — N members of one model trained in one batched program.
+* :class:`ProcessPBT` — a training callback (any framework) run in worker processes.
 * :mod:`~fastes.pbt.taylorglo` — the TaylorGLO loss, whose coefficients PBT can evolve.
 """
 
+from .loop import PBTResult
+from .process import Candidate, ProcessPBT
 from .select import Exploit, gather, rank_order, tournament, truncation
 from .space import Bool, Choice, Float, Int, Space, as_space, hparam
 from .taylorglo import taylorglo_loss, taylorglo_space
-from .vectorized import PBTResult, VectorizedPBT
+from .vectorized import VectorizedPBT
 
 __all__ = [
     "Bool",
+    "Candidate",
     "Choice",
     "Exploit",
     "Float",
     "Int",
     "PBTResult",
+    "ProcessPBT",
     "Space",
     "VectorizedPBT",
     "as_space",

@@ -26,12 +26,10 @@ buffers while training (BatchNorm's running statistics) are not supported.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
 import os
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,30 +40,21 @@ from torch.utils import _pytree as pytree
 from .._io import atomic_write, write_json
 from .._validate import check_callable, positive_int
 from ..noise import uniform
-from ..prng import check_key, fold_in, key_words
-from ..run_files import FORMAT, CheckpointError, load_checkpoint, unflatten_like, write_csv
+from ..prng import fold_in, key_words
+from ..run_files import FORMAT, load_checkpoint, unflatten_like, write_csv
 from ..tree import tree_map
-from .select import gather, rank_order, tournament, truncation
-from .space import Float, as_space
+from .loop import PBTLoop, PBTResult
+from .select import gather
+from .space import Float
 
-__all__ = ["VectorizedPBT", "PBTResult"]
-
-_EXPLOITS = ("truncation", "tournament")
-
-
-class PBTResult(NamedTuple):
-    best_score: float  # the best fitness any member reached at a scoring round
-    best_hyperparameters: Any  # that member's hyperparameters then (dict or dataclass)
-    best_params: dict  # that member's params then
-    best_round: int
-    history: list[dict]
+__all__ = ["VectorizedPBT"]
 
 
 def _cross_entropy(outputs: torch.Tensor, targets: torch.Tensor, hp: dict) -> torch.Tensor:
     return F.cross_entropy(outputs, targets)
 
 
-class VectorizedPBT:
+class VectorizedPBT(PBTLoop):
     """PBT over ``population_size`` copies of ``model`` (see the module docstring).
 
     Example:
@@ -82,56 +71,21 @@ class VectorizedPBT:
 
     def __init__(self, model: nn.Module, space: Any, optimizer: Callable[[dict], Any], *,
                  population_size: int, key: torch.Tensor, loss_fn: Callable | None = None,
-                 interval: int = 100, exploit: str = "truncation", quantile: float = 0.25,
-                 elite_fraction: float = 0.5, tournament_size: int = 2,
-                 factors: tuple[float, ...] = (1.2, 0.8), resample_probability: float = 0.25,
-                 reset_probability: float = 0.0, swap_probability: float = 0.0,
-                 initial: str = "sample", init: str = "independent",
-                 minimize: bool = False) -> None:  # fmt: skip
+                 interval: int = 100, init: str = "independent", **pbt: Any) -> None:  # fmt: skip
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-        self.space = as_space(space)
+        super().__init__(space, population_size=population_size, key=key, **pbt)
         self.optimizer = check_callable(optimizer, "optimizer")
         self.loss_fn = _cross_entropy if loss_fn is None else check_callable(loss_fn, "loss_fn")
-        self.n = positive_int(population_size, "population_size")
-        self.key = check_key(key)
         self.interval = positive_int(interval, "interval")
-        if exploit not in _EXPLOITS:
-            raise ValueError(f"exploit must be one of {_EXPLOITS}; got {exploit!r}")
-        if initial not in ("sample", "default"):
-            raise ValueError(f"initial must be 'sample' or 'default'; got {initial!r}")
         if init not in ("independent", "copy"):
             raise ValueError(f"init must be 'independent' or 'copy'; got {init!r}")
-        self.exploit = exploit
-        self.minimize = bool(minimize)
-        self._exploit_kw = (
-            {"quantile": quantile} if exploit == "truncation"
-            else {"elite_fraction": elite_fraction, "size": tournament_size}
-        )  # fmt: skip
-        self._explore_kw = {"factors": tuple(factors), "resample_probability": resample_probability,
-                            "reset_probability": reset_probability}  # fmt: skip
-        self.swap_probability = swap_probability
-        # Check the explore and exploit settings now, not at the first round.
-        self.space.perturb(self.space.defaults(1), self.key, **self._explore_kw)
-        self._select(torch.zeros(self.n), self.key)
-        init_key, hp_key, self._data_key, self._round_key = (fold_in(self.key, i) for i in range(4))
-
-        self.params, self.buffers = self._stack(model, init, init_key)
+        self.params, self.buffers = self._stack(model, init, self._init_key)
         self._skeleton = copy.deepcopy(model).to("meta")
-        self.hyperparameters = (self.space.sample(hp_key, self.n) if initial == "sample"
-                                else self.space.defaults(self.n))  # fmt: skip
         self.opt_state = self.optimizer(self.model_hyperparameters()).init(self.params)
-        self.step, self.round = 0, 0
-        self.history: list[dict] = []
-        self.best: dict = {"score": None, "round": -1, "member": -1, "hyperparameters": None,
-                           "params": None}  # fmt: skip
-        self.config = {
-            "population_size": self.n, "interval": self.interval, "exploit": exploit,
-            **self._exploit_kw, **self._explore_kw, "swap_probability": swap_probability,
-            "initial": initial, "init": init, "minimize": self.minimize,
-            "key": list(key_words(self.key.cpu())), "space": repr(self.space),
-            "params": {k: list(v.shape[1:]) for k, v in self.params.items()},
-        }  # fmt: skip
+        self.step = 0
+        shapes = {k: list(v.shape[1:]) for k, v in self.params.items()}
+        self.config.update(interval=self.interval, init=init, params=shapes)
         self._train = vmap(grad_and_value(self._member_loss), in_dims=(0, 0, None, None))
 
     # ---- the population -------------------------------------------------------------------
@@ -162,10 +116,6 @@ class VectorizedPBT:
             out[name] = v.to(device=leaf.device, dtype=dtype)
         return out
 
-    def member_hyperparameters(self, i: int) -> Any:
-        """Member i's hyperparameters as Python values (a dataclass for a dataclass space)."""
-        return self.space.member(self.hyperparameters, i)
-
     def _member_loss(self, params, hp, x, y):
         out = functional_call(self._skeleton, (params, self.buffers), (x,))
         return self.loss_fn(out, y, {**self.space.fixed, **hp})
@@ -193,26 +143,14 @@ class VectorizedPBT:
         self.step += 1
         return losses.detach()
 
-    def _select(self, fitness: torch.Tensor, key: torch.Tensor):
-        rule = truncation if self.exploit == "truncation" else tournament
-        return rule(fitness, key, **self._exploit_kw, minimize=self.minimize)
-
-    def exploit_explore(self, fitness: torch.Tensor) -> dict:
+    def exploit_explore(self, fitness: Any) -> dict:
         """Replace the worst members by copies of winners (params, optimizer state,
         hyperparameters), then perturb the copies' hyperparameters. Returns what was done."""
-        k = fold_in(self._round_key, self.round)
-        choice = self._select(fitness, fold_in(k, 0))
-        src = choice.source
-        self.params = gather(self.params, src, self.n)
-        self.opt_state = gather(self.opt_state, src, self.n)
-        hp = gather(self.hyperparameters, src, self.n)
+        choice = self._exploit_explore(self._check_scores(fitness, "fitness"))
+        self.params = gather(self.params, choice.source, self.n)
+        self.opt_state = gather(self.opt_state, choice.source, self.n)
         replaced = choice.replaced.nonzero().flatten()
-        if self.swap_probability > 0 and replaced.numel() >= 2:  # EPBT's crossover of copies
-            pairs = replaced[: replaced.numel() // 2 * 2].reshape(-1, 2)
-            hp = self.space.crossover(hp, fold_in(k, 1), pairs, self.swap_probability)
-        self.hyperparameters = self.space.perturb(hp, fold_in(k, 2), choice.replaced,
-                                                  **self._explore_kw)  # fmt: skip
-        return {"replaced": replaced.tolist(), "source": src[replaced].tolist()}
+        return {"replaced": replaced.tolist(), "source": choice.source[replaced].tolist()}
 
     def _batch(self, data: Any, batch_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         if callable(data):
@@ -250,10 +188,8 @@ class VectorizedPBT:
         while self.round < rounds:
             for _ in range(min(self.interval, steps - self.step)):
                 self.train_step(*self._batch(data, batch_size))
-            scores = torch.as_tensor(fitness(self)).detach().to("cpu", torch.float64).reshape(-1)
-            if scores.numel() != self.n:
-                raise ValueError(f"fitness must return {self.n} scores; got {scores.numel()}")
-            record = self._record(scores)
+            scores = self._check_scores(fitness(self), "fitness")
+            record = {"step": self.step, **self._record(scores, self._member_params)}
             record.update(self.exploit_explore(scores))
             self.history.append(record)
             self.round += 1
@@ -262,37 +198,17 @@ class VectorizedPBT:
             if callback is not None:
                 callback(record)
         b = self.best
-        return PBTResult(b["score"], b["hyperparameters"], b["params"], b["round"], self.history)
+        return PBTResult(b["score"], b["hyperparameters"], b["state"], b["round"], self.history)
 
-    def _record(self, scores: torch.Tensor) -> dict:
-        top = int(rank_order(scores, self.minimize)[0])
-        best = float(scores[top])
-        prev = self.best["score"]
-        if not math.isnan(best) and (
-            prev is None or (best < prev if self.minimize else best > prev)
-        ):
-            self.best = {"score": best, "round": self.round, "member": top,
-                         "hyperparameters": self.member_hyperparameters(top),
-                         "params": {k: v[top].clone() for k, v in self.params.items()}}  # fmt: skip
-        finite = scores[~torch.isnan(scores)]
-        hp = self.space.member(self.hyperparameters, top)
-        hp = hp if isinstance(hp, dict) else vars(hp)
-        return {"round": self.round, "step": self.step, "fitness_best": best,
-                "fitness_mean": float(finite.mean()) if finite.numel() else math.nan,
-                "failed": int(torch.isnan(scores).sum()), "best_member": top,
-                **{f"hp_{k}": v for k, v in hp.items() if k in self.space.dims}}  # fmt: skip
+    def _member_params(self, i: int) -> dict:
+        return {k: v[i].clone() for k, v in self.params.items()}
 
     # ---- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything a resumed run needs (weights_only-safe)."""
-        best = dict(self.best)
-        if best["hyperparameters"] is not None and not isinstance(best["hyperparameters"], dict):
-            best["hyperparameters"] = vars(best["hyperparameters"])
-        return {"format": FORMAT, "kind": "pbt", "config": self.config, "round": self.round,
-                "step": self.step, "params": self.params,
-                "opt_state": pytree.tree_flatten(self.opt_state)[0],
-                "hyperparameters": self.hyperparameters, "history": self.history,
-                "best": best}  # fmt: skip
+        return {"format": FORMAT, "kind": "pbt-vectorized", **self._loop_state(), "step": self.step,
+                "params": self.params,
+                "opt_state": pytree.tree_flatten(self.opt_state)[0]}  # fmt: skip
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the state to ``path`` atomically, and history.csv next to it."""
@@ -304,25 +220,12 @@ class VectorizedPBT:
         """Restore a state written by :meth:`save` with the same settings; nothing changes when
         the file is damaged or from other settings (a CheckpointError names the file)."""
         path = os.fspath(path)
-        ckpt = load_checkpoint(path, kind="pbt")
-        if _digest(ckpt["config"]) != _digest(self.config):
-            diff = sorted(k for k in set(ckpt["config"]) | set(self.config)
-                          if ckpt["config"].get(k) != self.config.get(k))  # fmt: skip
-            raise CheckpointError(f"checkpoint {path} was written with other settings: {diff}")
+        ckpt = load_checkpoint(path, kind="pbt-vectorized")
+        self._check_config(ckpt, path)
         params = unflatten_like(list(ckpt["params"].values()), list(self.params.values()), path,
                                 "this population's params")  # fmt: skip
         opt_state = unflatten_like(ckpt["opt_state"], self.opt_state, path, "the optimizer state")
-        self.space.check(ckpt["hyperparameters"], self.n)
         self.params = dict(zip(self.params, params, strict=True))
         self.opt_state = opt_state
-        self.hyperparameters = dict(ckpt["hyperparameters"])
-        self.round, self.step = int(ckpt["round"]), int(ckpt["step"])
-        self.history = list(ckpt["history"])
-        best = dict(ckpt["best"])
-        if best["hyperparameters"] is not None and self.space.dataclass is not None:
-            best["hyperparameters"] = self.space.dataclass(**best["hyperparameters"])
-        self.best = best
-
-
-def _digest(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+        self.step = int(ckpt["step"])
+        self._load_loop_state(ckpt)

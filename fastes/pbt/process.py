@@ -1,0 +1,196 @@
+"""Process-mode PBT: training code fastes does not own, run through a callback in worker processes.
+
+Each round, every member's :class:`Candidate` goes to ``train(candidate) -> candidate``, which
+trains from ``candidate.checkpoint`` (None at first: start fresh) with
+``candidate.hyperparameters`` for one interval, and returns the candidate with a new
+``checkpoint`` (anything picklable: a ``state_dict``, a path, ...) and its ``fitness`` (higher is
+better unless ``minimize``). Any framework works. Members run in a pool of ``workers`` processes
+(``concurrent.futures`` with the ``spawn`` start method; 0 runs them in this process); results
+are taken in member order, so the outcome does not depend on the number of workers or on which
+finishes first — given a ``train`` that is deterministic for its candidate (use
+``candidate.key``, a fastes key unique to the member and round, for its randomness).
+
+A member whose callback raises, returns something else than a candidate, or reports a NaN
+fitness is recorded (``candidate.error``, the history's ``failed`` count), ranks last and is
+replaced from a winner; the run goes on. Then the exploit rule and the explore operators of
+:class:`~fastes.pbt.loop.PBTLoop` act on the population: a replaced member takes its winner's
+checkpoint (warm start) and perturbed hyperparameters.
+
+:meth:`ProcessPBT.rounds` is a generator that yields the best candidate so far after each round
+(as EPBT's ``epbt()`` does); :meth:`ProcessPBT.run` runs them all and returns a
+:class:`~fastes.pbt.PBTResult`. With ``run_dir`` each round is checkpointed atomically
+(``torch.save``; checkpoints must then be tensors and plain data, as ``weights_only`` loading
+requires) and a new run with the same settings resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import math
+import multiprocessing
+import os
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from .._io import atomic_write, write_json
+from .._validate import check_callable, positive_int
+from ..prng import fold_in
+from ..run_files import FORMAT, load_checkpoint, write_csv
+from .loop import PBTLoop, PBTResult
+
+__all__ = ["Candidate", "ProcessPBT"]
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One member for one round, as the training callback sees it."""
+
+    member: int
+    round: int
+    hyperparameters: Any  # a dict of Python values, or the space's dataclass
+    key: torch.Tensor  # a fastes key for this member and round
+    checkpoint: Any = None  # the training state to resume from; None: start fresh
+    fitness: float = math.nan  # set by the callback
+    error: str | None = None  # set when the callback failed
+
+
+def _call(train: Callable, candidate: Candidate) -> Candidate:
+    """Run the callback; any failure becomes a candidate with an error and NaN fitness."""
+    try:
+        out = train(candidate)
+        if not isinstance(out, Candidate):
+            raise TypeError(f"train must return a Candidate; got {type(out).__name__}")
+        out.fitness = float(out.fitness)
+        if math.isnan(out.fitness):
+            out.error = out.error or "fitness is NaN"
+        return out
+    except Exception as e:  # the member fails, the run goes on
+        last = traceback.format_exception_only(type(e), e)[-1].strip()
+        return dataclasses.replace(candidate, fitness=math.nan, error=last)
+
+
+class ProcessPBT(PBTLoop):
+    """PBT of a training callback in worker processes (see the module docstring).
+
+    Example:
+        >>> def train(c):  # a toy "training": the checkpoint is a number that grows by lr
+        ...     c.checkpoint = (c.checkpoint or 0.0) + c.hyperparameters["lr"]
+        ...     c.fitness = c.checkpoint
+        ...     return c
+        >>> space = {"lr": fastes.pbt.Float(0.1, 1.0)}
+        >>> pop = ProcessPBT(train, space, population_size=4, key=fastes.key(0))
+        >>> result = pop.run(rounds=3)
+        >>> result.best_round, len(result.history)
+        (2, 3)
+    """
+
+    def __init__(self, train: Callable[[Candidate], Candidate], space: Any, *,
+                 population_size: int, key: torch.Tensor, workers: int = 0,
+                 start_method: str = "spawn", **pbt: Any) -> None:  # fmt: skip
+        super().__init__(space, population_size=population_size, key=key, **pbt)
+        self.train = check_callable(train, "train")
+        self.workers = positive_int(workers, "workers", minimum=0)
+        methods = multiprocessing.get_all_start_methods()
+        if start_method not in methods:
+            raise ValueError(f"start_method must be one of {methods}; got {start_method!r}")
+        self.start_method = start_method
+        self.checkpoints: list[Any] = [None] * self.n
+        self.last: list[Candidate] = []
+
+    def _candidates(self) -> list[Candidate]:
+        k = fold_in(self._round_key, self.round)
+        return [Candidate(i, self.round, self.member_hyperparameters(i), fold_in(fold_in(k, 3), i),
+                          self.checkpoints[i]) for i in range(self.n)]  # fmt: skip
+
+    def _evaluate(self, pool: cf.Executor | None, candidates: list[Candidate]) -> list[Candidate]:
+        if pool is None:
+            return [_call(self.train, c) for c in candidates]
+        futures = [pool.submit(_call, self.train, c) for c in candidates]
+        out = []
+        for c, f in zip(candidates, futures, strict=True):
+            try:
+                out.append(f.result())
+            except Exception as e:  # the worker died (BrokenProcessPool) or could not pickle
+                error = traceback.format_exception_only(type(e), e)[-1].strip()
+                out.append(dataclasses.replace(c, fitness=math.nan, error=error))
+        return out
+
+    def rounds(self, rounds: int, run_dir: str | os.PathLike | None = None,
+               resume: bool = True) -> Iterator[Candidate]:  # fmt: skip
+        """Train until ``rounds`` rounds are done, yielding the best candidate so far after each
+        (with its checkpoint); see the module docstring."""
+        rounds = positive_int(rounds, "rounds")
+        path = None if run_dir is None else os.path.join(os.fspath(run_dir), "checkpoint.pt")
+        if path is not None and resume and os.path.exists(path):
+            self.load(path)
+        elif path is not None:
+            write_json(os.path.join(os.fspath(run_dir), "config.json"), self.config)
+        pool = None
+        try:
+            while self.round < rounds:
+                if self.workers and pool is None:
+                    ctx = multiprocessing.get_context(self.start_method)
+                    pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx)
+                results = self._evaluate(pool, self._candidates())
+                if pool is not None and any(r.error and "BrokenProcessPool" in r.error
+                                            for r in results):  # fmt: skip
+                    pool.shutdown(cancel_futures=True)
+                    pool = None  # a fresh pool next round
+                yield self._finish_round(results, path)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+
+    def _finish_round(self, results: list[Candidate], path: str | None) -> Candidate:
+        self.last = results
+        scores = torch.tensor([r.fitness for r in results], dtype=torch.float64)
+        for r in results:
+            if r.error is None:
+                self.checkpoints[r.member] = r.checkpoint  # a failed member keeps its old one
+        record = self._record(scores, lambda i: results[i].checkpoint)
+        record["errors"] = {r.member: r.error for r in results if r.error}
+        choice = self._exploit_explore(scores)
+        self.checkpoints = [self.checkpoints[int(s)] for s in choice.source]
+        replaced = choice.replaced.nonzero().flatten()
+        record.update(replaced=replaced.tolist(), source=choice.source[replaced].tolist())
+        self.history.append(record)
+        self.round += 1
+        if path is not None:
+            self.save(path)
+        return self.best_candidate()
+
+    def best_candidate(self) -> Candidate:
+        """The best member seen at any round, with its checkpoint and fitness then."""
+        b = self.best
+        return Candidate(b["member"], b["round"], b["hyperparameters"], self.key, b["state"],
+                         math.nan if b["score"] is None else b["score"])  # fmt: skip
+
+    def run(self, rounds: int, run_dir: str | os.PathLike | None = None, resume: bool = True,
+            callback: Callable[[Candidate], Any] | None = None) -> PBTResult:  # fmt: skip
+        """All of :meth:`rounds`; ``callback(best_candidate)`` after each round."""
+        for best in self.rounds(rounds, run_dir, resume):
+            if callback is not None:
+                callback(best)
+        b = self.best
+        return PBTResult(b["score"], b["hyperparameters"], b["state"], b["round"], self.history)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """The population (hyperparameters, checkpoints, history) at ``path``, atomically."""
+        ckpt = {"format": FORMAT, "kind": "pbt-process", **self._loop_state(),
+                "checkpoints": self.checkpoints}  # fmt: skip
+        atomic_write(path, lambda fh: torch.save(ckpt, fh))
+        rows = [{k: v for k, v in r.items() if k != "errors"} for r in self.history]
+        write_csv(os.path.join(os.path.dirname(os.fspath(path)), "history.csv"), rows)
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Restore what :meth:`save` wrote with the same settings (CheckpointError otherwise)."""
+        path = os.fspath(path)
+        ckpt = load_checkpoint(path, kind="pbt-process")
+        self._check_config(ckpt, path)
+        self.checkpoints = list(ckpt["checkpoints"])
+        self._load_loop_state(ckpt)
