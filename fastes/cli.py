@@ -5,6 +5,7 @@
     fastes resume runs/lander                   # continue a stopped or killed run
     fastes eval runs/lander --episodes 100      # the best params on fresh episodes
     fastes summary runs/lander
+    fastes grid cartpole --grid sigma=0.05,0.1 --grid lr=0.01,0.03 --run-dir runs/grid
 
 A run directory holds ``config.json`` (every setting; ``resume`` and ``eval`` rebuild the task
 and strategy from it), ``checkpoint.pt``, ``best.pt``, ``history.csv`` and optional
@@ -162,6 +163,19 @@ def _eval(args) -> int:
     return 0
 
 
+def _best_score(ckpt: dict) -> float:
+    """The run's best score: the best evaluation, or the provisional final one if better."""
+    best = ckpt["best_score"]
+    final = ckpt.get("final")
+    if final is not None and math.isfinite(final["score"]):
+        minimize = ckpt.get("minimize", False)
+        if not math.isfinite(best) or (
+            final["score"] < best if minimize else final["score"] > best
+        ):
+            best = final["score"]
+    return best
+
+
 def _summary(args) -> int:
     config = _load_config(args.run_dir)
     ckpt = load_checkpoint(_checkpoint_path(args.run_dir))
@@ -177,14 +191,7 @@ def _summary(args) -> int:
               f"best {hist[-1].get('fitness_best', hist[-1]['fitness_max']):.4g}")  # fmt: skip
     if evals:
         print(f"last evaluation {evals[-1]['score']:.4g} (generation {evals[-1]['generation']})")
-    best = ckpt["best_score"]
-    final = ckpt.get("final")
-    if final is not None and math.isfinite(final["score"]):
-        minimize = ckpt.get("minimize", False)
-        if not math.isfinite(best) or (
-            final["score"] < best if minimize else final["score"] > best
-        ):
-            best = final["score"]
+    best = _best_score(ckpt)
     print(f"best score {best:.4g}" if math.isfinite(best) else "no score yet")
     goal = config.get("goal")
     if goal is not None:
@@ -237,7 +244,66 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _grid(argv: list[str]) -> int:
+    """``fastes grid TASK --grid FLAG=V1,V2 ... --run-dir DIR [train flags]``: one ``fastes
+    train`` run per configuration (see :func:`fastes.pbt.grid.grid_search`)."""
+    from .pbt.grid import grid_search
+
+    g = argparse.ArgumentParser(prog="fastes grid", description="a grid of `fastes train` runs; "
+                                "other flags go to every run")  # fmt: skip
+    g.add_argument("task")
+    g.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        metavar="FLAG=V1,V2,...",
+        help="a train flag and its values, e.g. sigma=0.05,0.1 or set.shaping=nes,ranks",
+    )
+    g.add_argument("--run-dir", required=True)
+    args, rest = g.parse_known_args(argv)
+    train = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    options = {o: a for a in train.choices["train"]._actions for o in a.option_strings}
+    grid = {}
+    for spec in args.grid:
+        name, _, values = spec.partition("=")
+        if not values:
+            raise SystemExit(f"fastes grid: --grid takes FLAG=V1,V2,...; got {spec!r}")
+        if not name.startswith("set.") and f"--{name}" not in options:
+            raise SystemExit(f"fastes grid: --grid {name}: `fastes train` has no --{name}")
+        grid[name] = values.split(",")
+
+    def run(config: dict, run_dir: str) -> dict:
+        if os.path.exists(os.path.join(run_dir, "checkpoint.pt")):  # interrupted: continue it
+            command = ["resume", run_dir, "--no-progress"]
+        else:
+            command = ["train", args.task, *rest, "--run-dir", run_dir, "--no-progress"]
+            for name, value in config.items():
+                if name.startswith("set."):
+                    command += ["--set", f"{name[4:]}={value}"]
+                elif isinstance(options[f"--{name}"], argparse.BooleanOptionalAction):
+                    command.append(f"--{'' if value.lower() == 'true' else 'no-'}{name}")
+                else:
+                    command += [f"--{name}", value]
+        try:
+            main(command)
+        except SystemExit as e:  # a failed configuration is reported, not the end of the grid
+            raise RuntimeError(f"fastes {' '.join(command)}: {e}") from None
+        ckpt = load_checkpoint(_checkpoint_path(run_dir))
+        return {"best_score": _best_score(ckpt), "generations": ckpt["generation"]}
+
+    table = grid_search(run, grid, args.run_dir)
+    for row in table:
+        values = ", ".join(f"{k}={row[k]}" for k in grid)
+        score = f"best score {row['best_score']:.4g}" if "best_score" in row else ""
+        print(f"{values}: {score} ({row['status']})")
+    print(f"table: {os.path.join(args.run_dir, 'results.csv')}")
+    return 0 if all(not r["status"].startswith("failed") for r in table) else 1
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["grid"]:
+        return _grid(argv[1:])
     args = parser().parse_args(argv)
     if args.func in (_train, _resume):
         distributed.init()  # under torchrun: join the group (a no-op otherwise)

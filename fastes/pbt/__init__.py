@@ -5,9 +5,11 @@
 * :mod:`~fastes.pbt.select` — exploit rules: Ray Tune's truncation, EPBT's elitism + tournament.
 * :class:`VectorizedPBT` — N members of one model trained in one batched program.
 * :class:`ProcessPBT` — a training callback (any framework) run in worker processes.
+* :func:`~fastes.pbt.grid.grid_search` — a grid of configurations, one run directory each.
 * :mod:`~fastes.pbt.taylorglo` — the TaylorGLO loss, whose coefficients PBT can evolve.
 """
 
+from .grid import grid_search
 from .loop import PBTResult
 from .process import Candidate, ProcessPBT
 from .select import Exploit, gather, rank_order, tournament, truncation
@@ -28,6 +30,7 @@ __all__ = [
     "VectorizedPBT",
     "as_space",
     "gather",
+    "grid_search",
     "hparam",
     "rank_order",
     "taylorglo_loss",
