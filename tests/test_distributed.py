@@ -204,3 +204,22 @@ def test_a_killed_worker_restarts_the_group_which_resumes_to_the_same_params(tmp
     assert agent.returncode == 0, out[-3000:]
     assert load_checkpoint(run / "checkpoint.pt")["generation"] == 12
     _same_run(ref, run)
+
+
+def test_process_pbt_shards_members_over_ranks(tmp_path):
+    # ProcessPBT under torchrun: 2 ranks train 3 members each, checkpoints pass through the run
+    # directory, fitness is all-gathered; the run equals the one-process run of the same keys.
+    import importlib.util
+
+    path = Path(__file__).parent / "dist" / "pbt_worker.py"
+    spec = importlib.util.spec_from_file_location("pbt_worker", path)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    _, single = worker.run(str(tmp_path / "single"))
+    torchrun(2, str(path), str(tmp_path / "two.pt"), str(tmp_path / "two"))
+    got = torch.load(tmp_path / "two.pt", weights_only=False)
+    assert got["world_size"] == 2
+    assert got["history"] == single.history
+    assert got["best_score"] == single.best_score
+    assert torch.equal(got["best_state"]["w"], single.best_state["w"])
+    assert os.listdir(tmp_path / "two" / "members") == ["round3"]  # older rounds removed

@@ -348,3 +348,21 @@ def test_taylorglo_matches_its_formula_and_cross_entropy_gradient():
     assert tuple(space.member(space.defaults(1), 0).values()) == pytest.approx(
         taylorglo.cross_entropy_coefficients()
     )
+
+
+@pytest.mark.gpu
+def test_vectorized_pbt_on_cuda_matches_the_cpu_run():
+    # Same keys, same hyperparameters, same minibatches: only GEMM rounding differs between
+    # devices, so a short run stays within float32 tolerance of the CPU run.
+    x, y = _data()
+    runs = []
+    for device in ("cpu", "cuda"):
+        pop = _pop()
+        pop.params = {k: v.to(device) for k, v in pop.params.items()}
+        pop.opt_state = pop.optimizer(pop.model_hyperparameters()).init(pop.params)
+        xd, yd = x.to(device), y.to(device)
+        fit = lambda p, xd=xd, yd=yd: p.accuracy(xd, yd)  # noqa: E731
+        pop.run((xd, yd), steps=8, batch_size=32, fitness=fit)
+        runs.append({k: v.cpu() for k, v in pop.params.items()})
+    for k in runs[0]:
+        torch.testing.assert_close(runs[1][k], runs[0][k], rtol=1e-4, atol=1e-5)

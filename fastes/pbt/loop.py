@@ -40,7 +40,9 @@ class PBTLoop:
     or ``"tournament"`` (EPBT's, with ``elite_fraction`` and ``tournament_size``); explore —
     ``factors``, ``resample_probability``, ``reset_probability`` (:meth:`Space.perturb`) and
     ``swap_probability`` (crossover between pairs of copies, off by default); ``initial`` —
-    ``"sample"`` the first hyperparameters or start every member at the ``"default"``;
+    ``"sample"`` the first hyperparameters, start every member at the ``"default"``, or give
+    them (a list of N dicts / dataclass instances, or a dict of (N,) tensors); ``quantile=0``
+    turns exploit off (N independent trainings, e.g. a grid trained in one batch);
     ``minimize`` — lower fitness is better.
     """
 
@@ -48,15 +50,13 @@ class PBTLoop:
                  exploit: str = "truncation", quantile: float = 0.25, elite_fraction: float = 0.5,
                  tournament_size: int = 2, factors: tuple[float, ...] = (1.2, 0.8),
                  resample_probability: float = 0.25, reset_probability: float = 0.0,
-                 swap_probability: float = 0.0, initial: str = "sample",
+                 swap_probability: float = 0.0, initial: Any = "sample",
                  minimize: bool = False) -> None:  # fmt: skip
         self.space = as_space(space)
         self.n = positive_int(population_size, "population_size")
         self.key = check_key(key)
         if exploit not in EXPLOITS:
             raise ValueError(f"exploit must be one of {EXPLOITS}; got {exploit!r}")
-        if initial not in ("sample", "default"):
-            raise ValueError(f"initial must be 'sample' or 'default'; got {initial!r}")
         self.exploit, self.minimize = exploit, bool(minimize)
         self._exploit_kw = (
             {"quantile": quantile} if exploit == "truncation"
@@ -73,18 +73,34 @@ class PBTLoop:
         self._init_key, hp_key, self._data_key, self._round_key = (
             fold_in(self.key, i) for i in range(4)
         )
-        self.hyperparameters = (self.space.sample(hp_key, self.n) if initial == "sample"
-                                else self.space.defaults(self.n))  # fmt: skip
+        self.hyperparameters = self._initial(initial, hp_key)
         self.round = 0
         self.history: list[dict] = []
         self.best: dict = {"score": None, "round": -1, "member": -1, "hyperparameters": None,
                            "state": None}  # fmt: skip
         self.config = {
             "population_size": self.n, "exploit": exploit, **self._exploit_kw,
-            **self._explore_kw, "swap_probability": swap_probability, "initial": initial,
+            **self._explore_kw, "swap_probability": swap_probability,
+            "initial": initial if isinstance(initial, str) else
+            [self.member_hyperparameters(i) for i in range(self.n)],
             "minimize": self.minimize, "key": list(key_words(self.key.cpu())),
             "space": repr(self.space),
         }  # fmt: skip
+
+    def _initial(self, initial: Any, key: torch.Tensor) -> dict[str, torch.Tensor]:
+        if isinstance(initial, str):
+            if initial not in ("sample", "default"):
+                raise ValueError(f"initial must be 'sample', 'default' or the members' "
+                                 f"hyperparameters; got {initial!r}")  # fmt: skip
+            return (self.space.sample(key, self.n) if initial == "sample"
+                    else self.space.defaults(self.n))  # fmt: skip
+        if isinstance(initial, (list, tuple)):
+            if len(initial) != self.n:
+                raise ValueError(f"initial lists {len(initial)} members; population_size is "
+                                 f"{self.n}")  # fmt: skip
+            initial = self.space.encode(list(initial))
+        self.space.check(initial, self.n)
+        return {k: v.clone() for k, v in initial.items()}
 
     def member_hyperparameters(self, i: int) -> Any:
         """Member i's hyperparameters as Python values (a dataclass for a dataclass space)."""

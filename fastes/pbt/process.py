@@ -21,6 +21,14 @@ checkpoint (warm start) and perturbed hyperparameters.
 :class:`~fastes.pbt.PBTResult`. With ``run_dir`` each round is checkpointed atomically
 (``torch.save``; checkpoints must then be tensors and plain data, as ``weights_only`` loading
 requires) and a new run with the same settings resumes where it stopped.
+
+Under ``torchrun`` (after :func:`fastes.distributed.init`) each rank trains its slice of the
+members (``member_range``; ``workers`` processes per rank), the ranks all-gather the fitness,
+and every rank applies the same exploit and explore. Checkpoints pass through ``run_dir``, which
+every rank must be able to read (one machine, or a shared filesystem): ``members/round<r>/<i>.pt``
+(the previous round's folder is removed once no rank needs it). Nothing is pickled over the
+network. The history's ``errors`` lists the failures of the members rank 0 trained (the
+``failed`` count covers all).
 """
 
 from __future__ import annotations
@@ -30,12 +38,14 @@ import dataclasses
 import math
 import multiprocessing
 import os
+import shutil
 import traceback
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
+from .. import distributed
 from .._io import atomic_write, write_json
 from .._validate import check_callable, positive_int
 from ..prng import fold_in
@@ -56,6 +66,18 @@ class Candidate:
     checkpoint: Any = None  # the training state to resume from; None: start fresh
     fitness: float = math.nan  # set by the callback
     error: str | None = None  # set when the callback failed
+
+
+class _MemberFile(NamedTuple):
+    """A member's checkpoint that another rank wrote to the run directory (torchrun mode)."""
+
+    path: str
+
+
+def _resolve(checkpoint: Any) -> Any:
+    if isinstance(checkpoint, _MemberFile):
+        return torch.load(checkpoint.path, map_location="cpu", weights_only=True)
+    return checkpoint
 
 
 def _call(train: Callable, candidate: Candidate) -> Candidate:
@@ -99,12 +121,16 @@ class ProcessPBT(PBTLoop):
             raise ValueError(f"start_method must be one of {methods}; got {start_method!r}")
         self.start_method = start_method
         self.checkpoints: list[Any] = [None] * self.n
-        self.last: list[Candidate] = []
+        self.group = distributed.current()
+        self._local = distributed.member_range(self.n, self.group)
 
     def _candidates(self) -> list[Candidate]:
+        """This round's candidates; the checkpoints of this rank's members loaded."""
         k = fold_in(self._round_key, self.round)
+        lo, hi = self._local
         return [Candidate(i, self.round, self.member_hyperparameters(i), fold_in(fold_in(k, 3), i),
-                          self.checkpoints[i]) for i in range(self.n)]  # fmt: skip
+                          _resolve(c) if lo <= i < hi else c)
+                for i, c in enumerate(self.checkpoints)]  # fmt: skip
 
     def _evaluate(self, pool: cf.Executor | None, candidates: list[Candidate]) -> list[Candidate]:
         if pool is None:
@@ -124,10 +150,15 @@ class ProcessPBT(PBTLoop):
         """Train until ``rounds`` rounds are done, yielding the best candidate so far after each
         (with its checkpoint); see the module docstring."""
         rounds = positive_int(rounds, "rounds")
+        if self.group is not None and run_dir is None:
+            raise ValueError(
+                "ProcessPBT under torchrun needs run_dir, a directory every rank can read (a "
+                "shared filesystem across machines): members' checkpoints pass through it"
+            )
         path = None if run_dir is None else os.path.join(os.fspath(run_dir), "checkpoint.pt")
         if path is not None and resume and os.path.exists(path):
             self.load(path)
-        elif path is not None:
+        elif path is not None and distributed.is_main():
             write_json(os.path.join(os.fspath(run_dir), "config.json"), self.config)
         pool = None
         try:
@@ -135,23 +166,46 @@ class ProcessPBT(PBTLoop):
                 if self.workers and pool is None:
                     ctx = multiprocessing.get_context(self.start_method)
                     pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx)
-                results = self._evaluate(pool, self._candidates())
+                candidates = self._candidates()
+                results = self._evaluate(pool, candidates[slice(*self._local)])
                 if pool is not None and any(r.error and "BrokenProcessPool" in r.error
                                             for r in results):  # fmt: skip
                     pool.shutdown(cancel_futures=True)
                     pool = None  # a fresh pool next round
+                if self.group is not None:
+                    results = self._share(results, candidates, os.fspath(run_dir))
                 yield self._finish_round(results, path)
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
 
+    def _share(self, local: list[Candidate], candidates: list[Candidate],
+               run_dir: str) -> list[Candidate]:  # fmt: skip
+        """torchrun: write this rank's members' checkpoints to the run directory, all-gather the
+        fitness (P numbers), and stand the other ranks' members in by their files."""
+        folder = os.path.join(run_dir, "members", f"round{self.round}")
+        files = [os.path.join(folder, f"{i}.pt") for i in range(self.n)]
+        for r in local:  # a failed member passes on the checkpoint it started from
+            ckpt = r.checkpoint if r.error is None else candidates[r.member].checkpoint
+            atomic_write(files[r.member], lambda fh, c=ckpt: torch.save(c, fh))
+        mine = torch.tensor([r.fitness for r in local], dtype=torch.float64)
+        # Once the gather returns, every rank has written its files (and has read the previous
+        # round's, which it did before training): the previous round's folder can go.
+        fitness = distributed.gather_members(mine, self.n, self.group)
+        if self.round > 0 and distributed.is_main():
+            shutil.rmtree(os.path.join(run_dir, "members", f"round{self.round - 1}"),
+                          ignore_errors=True)  # fmt: skip
+        by_member = {r.member: r for r in local}
+        return [by_member.get(i) or dataclasses.replace(
+                    candidates[i], checkpoint=_MemberFile(files[i]), fitness=float(fitness[i]))
+                for i in range(self.n)]  # fmt: skip
+
     def _finish_round(self, results: list[Candidate], path: str | None) -> Candidate:
-        self.last = results
         scores = torch.tensor([r.fitness for r in results], dtype=torch.float64)
         for r in results:
             if r.error is None:
                 self.checkpoints[r.member] = r.checkpoint  # a failed member keeps its old one
-        record = self._record(scores, lambda i: results[i].checkpoint)
+        record = self._record(scores, lambda i: _resolve(results[i].checkpoint))
         record["errors"] = {r.member: r.error for r in results if r.error}
         choice = self._exploit_explore(scores)
         self.checkpoints = [self.checkpoints[int(s)] for s in choice.source]
@@ -159,7 +213,7 @@ class ProcessPBT(PBTLoop):
         record.update(replaced=replaced.tolist(), source=choice.source[replaced].tolist())
         self.history.append(record)
         self.round += 1
-        if path is not None:
+        if path is not None and distributed.is_main():
             self.save(path)
         return self.best_candidate()
 
@@ -181,8 +235,10 @@ class ProcessPBT(PBTLoop):
     # ---- checkpoints ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """The population (hyperparameters, checkpoints, history) at ``path``, atomically."""
+        saved = [{"member_file": c.path} if isinstance(c, _MemberFile) else c
+                 for c in self.checkpoints]  # fmt: skip
         ckpt = {"format": FORMAT, "kind": "pbt-process", **self._loop_state(),
-                "checkpoints": self.checkpoints}  # fmt: skip
+                "checkpoints": saved}  # fmt: skip
         atomic_write(path, lambda fh: torch.save(ckpt, fh))
         rows = [{k: v for k, v in r.items() if k != "errors"} for r in self.history]
         write_csv(os.path.join(os.path.dirname(os.fspath(path)), "history.csv"), rows)
@@ -192,5 +248,8 @@ class ProcessPBT(PBTLoop):
         path = os.fspath(path)
         ckpt = load_checkpoint(path, kind="pbt-process")
         self._check_config(ckpt, path)
-        self.checkpoints = list(ckpt["checkpoints"])
+        self.checkpoints = [
+            _MemberFile(c["member_file"]) if isinstance(c, dict) and set(c) == {"member_file"}
+            else c for c in ckpt["checkpoints"]
+        ]  # fmt: skip
         self._load_loop_state(ckpt)
