@@ -1,0 +1,156 @@
+"""The fixed cost of a generation where D is small: fastes against pycma, evosax and a naive loop.
+
+Median milliseconds per generation on the sphere, everything in one process, repetitions of the
+libraries interleaved (this machine is shared and noisy), after a warm-up that includes JAX's
+compilation:
+
+* CMA-ES at D = 10 (λ = 10) and D = 100 (λ = 17): fastes ``cma_es`` ``step`` (mode "batched"),
+  pycma's ``ask`` / ``tell`` (``CMAEvolutionStrategy``, no logging), evosax's ``CMA_ES``
+  ``ask`` + fitness + ``tell`` in one ``jax.jit`` function;
+* every fastes strategy at D ∈ {10, 100, 1000} (P = 16, 16, 256) against evosax's counterpart
+  where it has one, same jitted form;
+* OpenAI-ES at D = 1000, P = 256: ``fastes.es_step`` against the naive PyTorch loop
+  (``torch.randn``, ``cat`` of ±ε, members, fitness, centered ranks, one matmul);
+* R = 64 CMA-ES runs at D = 10 advanced together (``fastes.strategies.batched``) against the
+  same 64 runs one after another.
+
+    python benchmarks/small_dim.py --out benchmarks/results/small_dim_cpu.json
+    python benchmarks/small_dim.py --quick          # fewer repetitions
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import fastes  # noqa: E402
+from fastes.strategies import make  # noqa: E402
+
+
+def sphere_t(p):
+    return (p["x"] ** 2).sum(-1)
+
+
+class Fastes:
+    def __init__(self, name, D, P, **kw):
+        p0 = {"x": torch.full((D,), 1.0)}
+        self.s = make(name, p0, population_size=P, minimize=True, mode="batched", **kw)
+        self.state, self.g, self.key = self.s.init(p0), 0, fastes.key(0)
+
+    def step(self):
+        self.state, _ = self.s.step(self.state, sphere_t, fastes.fold_in(self.key, self.g))
+        self.g += 1
+
+
+class EsStep:
+    def __init__(self, D, P):
+        self.p, self.g, self.key, self.P = {"x": torch.full((D,), 1.0)}, 0, fastes.key(0), P
+
+    def step(self):
+        self.p = fastes.es_step(self.p, lambda p: -(p["x"] ** 2).sum(), fastes.fold_in(self.key, self.g),
+                                population_size=self.P, sigma=0.1, learning_rate=0.01)  # fmt: skip
+        self.g += 1
+
+
+class Naive:
+    """The loop a user writes by hand: randn, ±ε, members, fitness, centered ranks, matmul."""
+
+    def __init__(self, D, P):
+        self.x, self.P, self.gen = torch.full((D,), 1.0), P, torch.Generator().manual_seed(0)
+
+    def step(self):
+        eps = torch.randn(self.P // 2, self.x.numel(), generator=self.gen)
+        eps = torch.cat([eps, -eps])
+        f = -((self.x + 0.1 * eps) ** 2).sum(-1)
+        ranks = torch.empty_like(f)
+        ranks[f.argsort()] = torch.arange(self.P, dtype=f.dtype)
+        w = ranks / (self.P - 1) - 0.5
+        self.x = self.x + 0.01 / (self.P * 0.1) * (w @ eps)
+
+
+class PyCMA:
+    def __init__(self, D, P):
+        import cma
+
+        self.es = cma.CMAEvolutionStrategy(np.ones(D), 1.0, {"popsize": P, "verbose": -9,
+                                                            "seed": 1})  # fmt: skip
+
+    def step(self):
+        xs = self.es.ask()
+        self.es.tell(xs, [float((x * x).sum()) for x in xs])
+
+
+class Evosax:
+    def __init__(self, name, D, P):
+        import jax
+        import jax.numpy as jnp
+        from evosax import algorithms
+
+        jax.config.update("jax_platforms", "cpu")
+        es = getattr(algorithms, name)(population_size=P, solution=jnp.zeros(D))
+        self.params = es.default_params
+        self.state = es.init(jax.random.key(0), jnp.ones(D), self.params)
+
+        def generation(key, state, params):
+            k1, k2 = jax.random.split(key)
+            pop, state = es.ask(k1, state, params)
+            state, _ = es.tell(k2, pop, (pop * pop).sum(-1), state, params)
+            return state
+
+        self.generation, self.key, self.jax = jax.jit(generation), jax.random.key(0), jax
+
+    def step(self):
+        self.key, k = self.jax.random.split(self.key)
+        self.state = self.generation(k, self.state, self.params)
+        self.jax.block_until_ready(self.state)
+
+
+def timed(runners: dict, reps: int, inner: int) -> dict:
+    """Median ms per generation of each runner; repetitions interleaved across runners."""
+    for r in runners.values():
+        for _ in range(3):
+            r.step()
+    times = {n: [] for n in runners}
+    for _ in range(reps):
+        for n, r in runners.items():
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                r.step()
+            times[n].append((time.perf_counter() - t0) / inner * 1e3)
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    reps, inner = (5, 20) if args.quick else (15, 50)
+    out = {}
+    for D, P in ((10, 10), (100, 17)):
+        runners = {"fastes": Fastes("cma_es", D, P), "pycma": PyCMA(D, P)}
+        try:
+            runners["evosax"] = Evosax("CMA_ES", D, P)
+        except ImportError:
+            pass
+        out[f"cma_es D={D} P={P}"] = t = timed(runners, reps, inner)
+        print(f"CMA-ES D={D} λ={P}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in t.items()))
+    out["es_step D=1000 P=256"] = t = timed({"fastes": EsStep(1000, 256),
+                                             "naive": Naive(1000, 256)}, reps, inner)  # fmt: skip
+    print("es_step D=1000 P=256: " + ", ".join(f"{k} {v:.3f} ms" for k, v in t.items()))
+    if args.out:
+        from _common import environment, write_json
+
+        write_json(args.out, {"environment": environment("cpu"), "ms_per_generation": out})
+
+
+if __name__ == "__main__":
+    main()
