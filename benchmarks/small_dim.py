@@ -26,6 +26,14 @@ import statistics
 import sys
 import time
 
+# numpy's OpenBLAS and XLA's Eigen pool spin-wait between calls and starve torch's OpenMP threads
+# on 2 cores (measured: a torch eigh right after a numpy eigh took 14 ms instead of 0.5 ms). One
+# thread each is also the peers' faster setting at these sizes (pycma D = 100: 0.97 ms vs 1.17;
+# evosax D = 100: 1.16 vs 1.39), so every library runs at its best in one process.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
+                      "intra_op_parallelism_threads=1")  # fmt: skip
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
@@ -55,7 +63,8 @@ class EsStep:
         self.p, self.g, self.key, self.P = {"x": torch.full((D,), 1.0)}, 0, fastes.key(0), P
 
     def step(self):
-        self.p = fastes.es_step(self.p, lambda p: -(p["x"] ** 2).sum(), fastes.fold_in(self.key, self.g),
+        k = fastes.fold_in(self.key, self.g)
+        self.p = fastes.es_step(self.p, lambda p: -(p["x"] ** 2).sum(), k,
                                 population_size=self.P, sigma=0.1, learning_rate=0.01)  # fmt: skip
         self.g += 1
 

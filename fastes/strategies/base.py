@@ -47,6 +47,8 @@ from ..tree import raveler
 
 __all__ = ["Strategy"]
 
+_MEMO_ELEMENTS = 2**18  # float32 noise rows kept from one generation's members to its tell
+
 
 class Strategy:
     """Base class. Subclasses set ``name``, ``antithetic`` and implement ``init``,
@@ -183,9 +185,29 @@ class Strategy:
     def _z(self, key: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Standard-normal z for member ids (m, D), float32; antithetic pairs share rows (±)."""
         if not self.antithetic:
-            return self.noise.rows(key, ids, self.dim)
+            return self._noise_rows(key, ids)
         sign = (1 - 2 * (ids % 2)).to(torch.float32)[:, None]
-        return self.noise.rows(key, ids // 2, self.dim) * sign
+        return self._noise_rows(key, ids // 2) * sign
+
+    def _noise_rows(self, key: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``noise.rows(key, rows, D)``, remembering rows 0..n−1 of the last key where they are
+        small (≤ 1 MiB, CPU, eager): a generation draws them for the members, then again, in
+        rank order, in tell. The memo holds the key object and its version counter, so a new or
+        modified key recomputes; the rows are a pure function of (key, row), so reuse is exact."""
+        memo = getattr(self, "_rows_memo", None)
+        eager_cpu = key.device.type == "cpu" and not torch.compiler.is_compiling()
+        if eager_cpu and memo is not None and memo[0] is key and memo[1] == key._version:
+            if rows.numel() and int(rows.min()) >= 0 and int(rows.max()) < memo[2].shape[0]:
+                return memo[2].index_select(0, rows)
+        z = self.noise.rows(key, rows, self.dim)
+        n = rows.numel()
+        if (
+            eager_cpu
+            and 0 < z.numel() <= _MEMO_ELEMENTS
+            and torch.equal(rows, torch.arange(n, device=rows.device))
+        ):
+            self._rows_memo = (key, key._version, z)
+        return z
 
     def _z_weighted_sum(self, key: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Σ_i weights[i]·z_i (D,) float32, regenerating z (folded over antithetic pairs)."""
@@ -214,8 +236,21 @@ class Strategy:
         return w
 
     def _order(self, fitness: torch.Tensor) -> torch.Tensor:
-        """Member indices from best to worst (NaN last, ties by index)."""
-        return torch.argsort(self._scores(fitness), descending=True, stable=True)
+        """Member indices from best to worst (NaN last, ties by index): the order of the shaped
+        scores, found for one objective by sorting the fitness itself (a few ops instead of
+        shaping's twenty: it is most of a small-D generation's fixed cost)."""
+        if fitness.dim() == 2 and fitness.shape[1] > 1:
+            return torch.argsort(self._scores(fitness), descending=True, stable=True)
+        f = fitness.reshape(-1)
+        f = f if f.is_floating_point() else f.float()
+        nan = torch.isnan(f)
+        if not torch.compiler.is_compiling() and bool(nan.all()):
+            raise ValueError(
+                "fitness is NaN for every member of the population (objective column(s) [0]); "
+                "check the fitness function"
+            )
+        order = torch.argsort(torch.where(nan, torch.inf, f if self.minimize else -f), stable=True)
+        return order[torch.argsort(nan[order].to(torch.uint8), stable=True)]  # NaN after +inf
 
     def _check_fitness(self, fitness: Any, state) -> torch.Tensor:
         """Fitness as a detached real tensor of shape (P,) or (P, K) on the state's device."""
@@ -237,8 +272,9 @@ class Strategy:
         return fitness.detach().to(self.raveler.device)
 
     def _stats(self, fitness: torch.Tensor, weights: torch.Tensor) -> FitnessStats:
-        nan = int(torch.isnan(fitness).sum()) if fitness.is_floating_point() else 0
-        inf = int(torch.isinf(fitness).sum()) if fitness.is_floating_point() else 0
+        nan = inf = 0
+        if fitness.is_floating_point() and not bool(torch.isfinite(fitness).all()):
+            nan, inf = int(torch.isnan(fitness).sum()), int(torch.isinf(fitness).sum())
         return FitnessStats(fitness, weights, nan, inf, self.minimize)
 
     def _flat_params(self, params: Any) -> torch.Tensor:

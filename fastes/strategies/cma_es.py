@@ -30,6 +30,8 @@ class CMAParams(NamedTuple):
     c_1: float
     c_mu: float
     chi_n: float  # E‖N(0, I)‖
+    weights_sum: float  # Σ weights (≤ 1: the negative weights' share)
+    eigen_gap: int  # generations between eigendecompositions of C
 
 
 def cma_parameters(n: int, lam: int, separable: bool = False) -> CMAParams:
@@ -56,7 +58,13 @@ def cma_parameters(n: int, lam: int, separable: bool = False) -> CMAParams:
         alpha_posdef = (1 - c_1 - c_mu) / (n * c_mu)
         weights[mu:] = neg * min(alpha_mu, alpha_mu_eff, alpha_posdef) / neg.abs().sum()
     chi_n = math.sqrt(n) * (1 - 1 / (4 * n) + 1 / (21 * n * n))
-    return CMAParams(weights, mu, mu_eff, c_sigma, d_sigma, c_c, c_1, c_mu, chi_n)
+    # Lazy eigendecomposition: C changes by about (c_1 + c_μ) per generation, so B and D may lag
+    # it a few generations (the tutorial's Section B.2 bound is 1/(10 n (c_1 + c_μ)); pycma's
+    # default, used here, is 1/(2 n (c_1 + c_μ)): every generation at D = 10, every 5th at
+    # D = 100, where one 100x100 eigh is a third of a generation).
+    eigen_gap = 1 if separable else max(1, math.floor(0.5 / (n * (c_1 + c_mu))))
+    return CMAParams(weights, mu, mu_eff, c_sigma, d_sigma, c_c, c_1, c_mu, chi_n,
+                     float(weights.sum()), eigen_gap)  # fmt: skip
 
 
 class CMAState(NamedTuple):
@@ -83,6 +91,12 @@ class CMAES(Strategy):
             )
         self.sigma0 = real(sigma, "sigma", positive=True)
         self.p = cma_parameters(self.dim, self.population_size, self.separable)
+        self._weights = self.p.weights.to(self.raveler.device)
+        # Constants of the update, computed once (a small-D generation is mostly fixed cost).
+        p = self.p
+        self._ps_scale = math.sqrt(p.c_sigma * (2 - p.c_sigma) * p.mu_eff)
+        self._pc_scale = math.sqrt(p.c_c * (2 - p.c_c) * p.mu_eff)
+        self._h_bound = (1.4 + 2 / (self.dim + 1)) * p.chi_n
 
     def init(self, params, key=None) -> CMAState:
         mean = self._flat_params(params).double()
@@ -105,31 +119,27 @@ class CMAES(Strategy):
         return state.mean + state.sigma * self._y(state, z)
 
     def _tell(self, state, key, fitness):
-        p, n = self.p, self.dim
+        p, n, w = self.p, self.dim, self._weights
         order = self._order(fitness)  # best first
         z = self._z(key, order).double()  # (λ, D), sorted
         y = self._y(state, z)
-        w = p.weights.to(z.device)
         wpos = w[: p.mu]
         y_w = wpos @ y[: p.mu]
         mean = state.mean + state.sigma * y_w
         # C^{-1/2} y_w = B z_w: the z's are already in the C^{-1/2} frame.
         z_w = wpos @ z[: p.mu]
         cz_w = z_w if self.separable else state.B @ z_w
-        p_sigma = (1 - p.c_sigma) * state.p_sigma + math.sqrt(
-            p.c_sigma * (2 - p.c_sigma) * p.mu_eff
-        ) * cz_w
+        p_sigma = (1 - p.c_sigma) * state.p_sigma + self._ps_scale * cz_w
         ps_norm = float(p_sigma.norm())
         sigma = state.sigma * math.exp((p.c_sigma / p.d_sigma) * (ps_norm / p.chi_n - 1))
         g = int(state.generation) + 1
-        h_sigma = (
-            ps_norm / math.sqrt(1 - (1 - p.c_sigma) ** (2 * g)) < (1.4 + 2 / (n + 1)) * p.chi_n
-        )
-        p_c = (1 - p.c_c) * state.p_c + h_sigma * math.sqrt(p.c_c * (2 - p.c_c) * p.mu_eff) * y_w
+        h_sigma = ps_norm / math.sqrt(1 - (1 - p.c_sigma) ** (2 * g)) < self._h_bound
+        p_c = (1 - p.c_c) * state.p_c + (h_sigma * self._pc_scale) * y_w
         delta_h = (1 - h_sigma) * p.c_c * (2 - p.c_c)
-        # Negative weights are rescaled by D / ‖C^{-1/2} y‖² = D / ‖z‖² (tutorial eq. 46).
-        w_circ = torch.where(w >= 0, w, w * n / (z**2).sum(1).clamp_min(1e-300))
-        decay = 1 + p.c_1 * delta_h - p.c_1 - p.c_mu * float(w.sum())
+        # Negative weights (the last λ − μ) are rescaled by D / ‖C^{-1/2} y‖² = D / ‖z‖²
+        # (tutorial eq. 46).
+        w_circ = torch.cat([wpos, w[p.mu :] * n / (z[p.mu :] ** 2).sum(1).clamp_min(1e-300)])
+        decay = 1 + p.c_1 * delta_h - p.c_1 - p.c_mu * p.weights_sum
         if self.separable:
             C = decay * state.C + p.c_1 * p_c**2 + p.c_mu * (w_circ @ y**2)
             C = C.clamp_min(1e-300)
@@ -137,9 +147,12 @@ class CMAES(Strategy):
         else:
             rank_mu = (y * w_circ[:, None]).T @ y
             C = decay * state.C + p.c_1 * torch.outer(p_c, p_c) + p.c_mu * rank_mu
-            C = (C + C.T) / 2
-            evals, B = torch.linalg.eigh(C)
-            D = evals.clamp_min(1e-300).sqrt()
+            if g % p.eigen_gap == 0:  # lazy: B and D lag C by < eigen_gap generations
+                C = (C + C.T) / 2
+                evals, B = torch.linalg.eigh(C)
+                D = evals.clamp_min(1e-300).sqrt()
+            else:
+                B, D = state.B, state.D
         weights = torch.empty_like(w).scatter_(0, order, w)  # member i's recombination weight
         return CMAState(mean, sigma, C, B, D, p_sigma, p_c, state.generation + 1), weights
 
