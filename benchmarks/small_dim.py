@@ -122,11 +122,22 @@ class Evosax:
         self.jax.block_until_ready(self.state)
 
 
-def timed(runners: dict, reps: int, inner: int) -> dict:
-    """Median ms per generation of each runner; repetitions interleaved across runners."""
+EVOSAX = {"openai_es": "Open_ES", "pgpe": "PGPE", "snes": "SNES", "xnes": "xNES",
+          "cma_es": "CMA_ES", "sep_cma_es": "Sep_CMA_ES", "ars": "ARS",
+          "cem": "SimpleES"}  # fmt: skip
+
+
+def timed(runners: dict, reps: int, inner: int | None = None, budget_s: float = 0.05) -> dict:
+    """Median ms per generation of each runner; repetitions interleaved across runners. With
+    ``inner`` None, each repetition runs about ``budget_s`` of generations of the slowest."""
     for r in runners.values():
         for _ in range(3):
             r.step()
+    if inner is None:
+        t0 = time.perf_counter()
+        for r in runners.values():
+            r.step()
+        inner = max(1, int(budget_s / max(time.perf_counter() - t0, 1e-6)))
     times = {n: [] for n in runners}
     for _ in range(reps):
         for n, r in runners.items():
@@ -155,6 +166,16 @@ def main() -> None:
     out["es_step D=1000 P=256"] = t = timed({"fastes": EsStep(1000, 256),
                                              "naive": Naive(1000, 256)}, reps, inner)  # fmt: skip
     print("es_step D=1000 P=256: " + ", ".join(f"{k} {v:.3f} ms" for k, v in t.items()))
+    for D, P in ((10, 16), (100, 32), (1000, 256)):
+        for name in sorted(fastes.strategies.REGISTRY):
+            runners = {"fastes": Fastes(name, D, P)}
+            if name in EVOSAX:
+                try:
+                    runners["evosax"] = Evosax(EVOSAX[name], D, P)
+                except Exception as e:  # noqa: BLE001 - report, keep measuring the rest
+                    print(f"evosax {EVOSAX[name]} D={D}: {type(e).__name__}: {e}")
+            out[f"{name} D={D} P={P}"] = t = timed(runners, max(3, reps // 3))
+            print(f"{name} D={D} P={P}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in t.items()))
     if args.out:
         from _common import environment, write_json
 

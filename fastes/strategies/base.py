@@ -187,7 +187,21 @@ class Strategy:
         if not self.antithetic:
             return self._noise_rows(key, ids)
         sign = (1 - 2 * (ids % 2)).to(torch.float32)[:, None]
+        n = ids.numel()
+        if n % 2 == 0 and n * self.dim <= 2 * _MEMO_ELEMENTS and torch.equal(
+            ids, torch.arange(n, device=ids.device)
+        ):  # a whole generation: rows 0..n/2−1, each for a pair (kept for tell)
+            return self._noise_rows(key, ids[: n // 2]).repeat_interleave(2, 0) * sign
         return self._noise_rows(key, ids // 2) * sign
+
+    def _memo_rows(self, key: torch.Tensor, n: int) -> torch.Tensor | None:
+        """Rows 0..n−1 of ``key`` if :meth:`_noise_rows` kept them (else None)."""
+        memo = getattr(self, "_rows_memo", None)
+        if memo is None or memo[0] is not key or memo[1] != key._version:
+            return None
+        if torch.compiler.is_compiling() or memo[2].shape[0] < n:
+            return None
+        return memo[2][:n]
 
     def _noise_rows(self, key: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """``noise.rows(key, rows, D)``, remembering rows 0..n−1 of the last key where they are
@@ -197,7 +211,8 @@ class Strategy:
         memo = getattr(self, "_rows_memo", None)
         eager_cpu = key.device.type == "cpu" and not torch.compiler.is_compiling()
         if eager_cpu and memo is not None and memo[0] is key and memo[1] == key._version:
-            if rows.numel() and int(rows.min()) >= 0 and int(rows.max()) < memo[2].shape[0]:
+            lo, hi = torch.aminmax(rows) if rows.numel() else (-1, -1)
+            if int(lo) >= 0 and int(hi) < memo[2].shape[0]:
                 return memo[2].index_select(0, rows)
         z = self.noise.rows(key, rows, self.dim)
         n = rows.numel()
@@ -214,6 +229,9 @@ class Strategy:
         w = weights.to(torch.float32)
         if self.antithetic:
             w = w[0::2] - w[1::2]
+        rows = self._memo_rows(key, w.numel())
+        if rows is not None:  # the same product the noise source computes, on kept rows
+            return torch.zeros(self.dim, dtype=torch.float32, device=w.device).addmv_(rows.T, w)
         return self.noise.weighted_sum(key, self._ids(0, w.numel()), w, self.dim)
 
     def _z_sq_weighted_sum(self, key: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -222,6 +240,9 @@ class Strategy:
         if self.antithetic:
             w = w[0::2] + w[1::2]  # z² is the same for both members of a pair
         out = torch.zeros(self.dim, dtype=torch.float32, device=self.raveler.device)
+        kept = self._memo_rows(key, w.numel())
+        if kept is not None:
+            return out.addmv_(kept.square().T, w)
         step = max(1, (4 * 2**20) // (4 * self.dim))
         for r0 in range(0, w.numel(), step):
             rows = self._ids(r0, min(r0 + step, w.numel()))
@@ -249,7 +270,10 @@ class Strategy:
                 "fitness is NaN for every member of the population (objective column(s) [0]); "
                 "check the fitness function"
             )
-        order = torch.argsort(torch.where(nan, torch.inf, f if self.minimize else -f), stable=True)
+        score = f if self.minimize else -f
+        if not torch.compiler.is_compiling() and not bool(nan.any()):
+            return torch.argsort(score, stable=True)
+        order = torch.argsort(torch.where(nan, torch.inf, score), stable=True)
         return order[torch.argsort(nan[order].to(torch.uint8), stable=True)]  # NaN after +inf
 
     def _check_fitness(self, fitness: Any, state) -> torch.Tensor:

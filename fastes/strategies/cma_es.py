@@ -97,6 +97,7 @@ class CMAES(Strategy):
         self._ps_scale = math.sqrt(p.c_sigma * (2 - p.c_sigma) * p.mu_eff)
         self._pc_scale = math.sqrt(p.c_c * (2 - p.c_c) * p.mu_eff)
         self._h_bound = (1.4 + 2 / (self.dim + 1)) * p.chi_n
+        self._wneg_n = self._weights[p.mu :] * self.dim  # negative weights times D (eq. 46)
 
     def init(self, params, key=None) -> CMAState:
         mean = self._flat_params(params).double()
@@ -119,41 +120,45 @@ class CMAES(Strategy):
         return state.mean + state.sigma * self._y(state, z)
 
     def _tell(self, state, key, fitness):
-        p, n, w = self.p, self.dim, self._weights
+        p, w = self.p, self._weights
         order = self._order(fitness)  # best first
         z = self._z(key, order).double()  # (λ, D), sorted
         y = self._y(state, z)
         wpos = w[: p.mu]
         y_w = wpos @ y[: p.mu]
-        mean = state.mean + state.sigma * y_w
+        sigma0 = float(state.sigma)
+        mean = torch.add(state.mean, y_w, alpha=sigma0)
         # C^{-1/2} y_w = B z_w: the z's are already in the C^{-1/2} frame.
         z_w = wpos @ z[: p.mu]
         cz_w = z_w if self.separable else state.B @ z_w
-        p_sigma = (1 - p.c_sigma) * state.p_sigma + self._ps_scale * cz_w
+        p_sigma = torch.add(state.p_sigma * (1 - p.c_sigma), cz_w, alpha=self._ps_scale)
         ps_norm = float(p_sigma.norm())
-        sigma = state.sigma * math.exp((p.c_sigma / p.d_sigma) * (ps_norm / p.chi_n - 1))
+        sigma = sigma0 * math.exp((p.c_sigma / p.d_sigma) * (ps_norm / p.chi_n - 1))
         g = int(state.generation) + 1
         h_sigma = ps_norm / math.sqrt(1 - (1 - p.c_sigma) ** (2 * g)) < self._h_bound
-        p_c = (1 - p.c_c) * state.p_c + (h_sigma * self._pc_scale) * y_w
+        p_c = torch.add(state.p_c * (1 - p.c_c), y_w, alpha=h_sigma * self._pc_scale)
         delta_h = (1 - h_sigma) * p.c_c * (2 - p.c_c)
         # Negative weights (the last λ − μ) are rescaled by D / ‖C^{-1/2} y‖² = D / ‖z‖²
         # (tutorial eq. 46).
-        w_circ = torch.cat([wpos, w[p.mu :] * n / (z[p.mu :] ** 2).sum(1).clamp_min(1e-300)])
+        w_circ = torch.cat([wpos, self._wneg_n / (z[p.mu :] ** 2).sum(1).clamp_min(1e-300)])
         decay = 1 + p.c_1 * delta_h - p.c_1 - p.c_mu * p.weights_sum
         if self.separable:
             C = decay * state.C + p.c_1 * p_c**2 + p.c_mu * (w_circ @ y**2)
             C = C.clamp_min(1e-300)
             B, D = state.B, C.sqrt()
         else:
-            rank_mu = (y * w_circ[:, None]).T @ y
-            C = decay * state.C + p.c_1 * torch.outer(p_c, p_c) + p.c_mu * rank_mu
+            # decay·C + c_1·p_c p_cᵀ + c_μ·Σ w°_i y_i y_iᵀ, in two fused products
+            C = torch.addr(state.C, p_c, p_c, beta=decay, alpha=p.c_1)
+            C = torch.addmm(C, (y * w_circ[:, None]).T, y, alpha=p.c_mu)
             if g % p.eigen_gap == 0:  # lazy: B and D lag C by < eigen_gap generations
-                C = (C + C.T) / 2
+                # eigh reads C's lower triangle; the rank-μ product's rounding may leave the
+                # two triangles a few ulps apart, which this keeps from mattering.
                 evals, B = torch.linalg.eigh(C)
                 D = evals.clamp_min(1e-300).sqrt()
             else:
                 B, D = state.B, state.D
         weights = torch.empty_like(w).scatter_(0, order, w)  # member i's recombination weight
+        sigma = torch.tensor(sigma, dtype=torch.float64, device=mean.device)
         return CMAState(mean, sigma, C, B, D, p_sigma, p_c, state.generation + 1), weights
 
 
