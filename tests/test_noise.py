@@ -74,6 +74,17 @@ def test_table_is_philox_row_zero_and_memoised():
     assert noise_table(size=1000, seed=4) is t
 
 
+def test_table_offsets_of_a_few_rows_equal_the_vectorised_ones():
+    # Up to 64 rows take a Python-int path (the small-D fixed cost); more take tensor ops.
+    from fastes.noise import table_offsets
+
+    k = fastes.key(2**40 + 17)
+    rows = torch.arange(2**32 - 50, 2**32 + 100)  # row ids past 2^32: both counter words used
+    whole = table_offsets(k, rows, 10, 2**24)  # 150 rows: the tensor path
+    parts = torch.cat([table_offsets(k, rows[i : i + 10], 10, 2**24) for i in range(0, 150, 10)])
+    assert torch.equal(whole, parts)
+
+
 def test_table_rows_are_slices_at_key_derived_offsets():
     t = noise_table(size=5000, seed=0)
     k = fastes.key(8)

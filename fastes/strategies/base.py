@@ -188,8 +188,10 @@ class Strategy:
             return self._noise_rows(key, ids)
         sign = (1 - 2 * (ids % 2)).to(torch.float32)[:, None]
         n = ids.numel()
-        if n % 2 == 0 and n * self.dim <= 2 * _MEMO_ELEMENTS and torch.equal(
-            ids, torch.arange(n, device=ids.device)
+        if (
+            n % 2 == 0
+            and n * self.dim <= 2 * _MEMO_ELEMENTS
+            and torch.equal(ids, torch.arange(n, device=ids.device))
         ):  # a whole generation: rows 0..n/2−1, each for a pair (kept for tell)
             return self._noise_rows(key, ids[: n // 2]).repeat_interleave(2, 0) * sign
         return self._noise_rows(key, ids // 2) * sign
