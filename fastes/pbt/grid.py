@@ -19,13 +19,13 @@ import json
 import multiprocessing
 import os
 import re
-import traceback
 from collections.abc import Callable
 from typing import Any
 
 from .._io import write_json
 from .._validate import check_callable, positive_int
 from ..run_files import write_csv
+from .process import error_text
 
 __all__ = ["grid_search", "configurations", "config_name"]
 
@@ -92,8 +92,7 @@ def grid_search(fn: Callable[[dict, str], Any], grid: dict[str, list],
                 result = futures[i].result() if pool else _run_one(fn, configs[i], dirs[i])
                 rows[i] = {**configs[i], **result, "run_dir": dirs[i], "status": "ran"}
             except Exception as e:  # reported, retried on the next call
-                error = traceback.format_exception_only(type(e), e)[-1].strip()
-                rows[i] = {**configs[i], "run_dir": dirs[i], "status": f"failed: {error}"}
+                rows[i] = {**configs[i], "run_dir": dirs[i], "status": f"failed: {error_text(e)}"}
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

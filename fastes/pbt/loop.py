@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 
+from .. import distributed
+from .._io import write_json
 from .._validate import positive_int
 from ..prng import check_key, fold_in, key_words
 from ..run_files import CheckpointError
@@ -152,6 +155,21 @@ class PBTLoop:
         return scores
 
     # ---- checkpoints ------------------------------------------------------------------------
+    def _open_run(self, run_dir: Any, resume: bool) -> str | None:
+        """``run_dir``'s checkpoint path (None without a run_dir): the state is loaded from it
+        when it exists and ``resume``; otherwise rank 0 records the settings in config.json."""
+        if run_dir is None:
+            return None
+        path = os.path.join(os.fspath(run_dir), "checkpoint.pt")
+        if resume and os.path.exists(path):
+            self.load(path)
+        elif distributed.is_main():
+            write_json(os.path.join(os.fspath(run_dir), "config.json"), self.config)
+        return path
+
+    def load(self, path: str) -> None:
+        raise NotImplementedError
+
     def _loop_state(self) -> dict:
         best = dict(self.best)
         if best["hyperparameters"] is not None and not isinstance(best["hyperparameters"], dict):

@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import distributed
-from .._io import atomic_write, write_json
+from .._io import atomic_write
 from .._validate import check_callable, positive_int
 from ..prng import fold_in
 from ..run_files import FORMAT, load_checkpoint, write_csv
@@ -91,8 +91,12 @@ def _call(train: Callable, candidate: Candidate) -> Candidate:
             out.error = out.error or "fitness is NaN"
         return out
     except Exception as e:  # the member fails, the run goes on
-        last = traceback.format_exception_only(type(e), e)[-1].strip()
-        return dataclasses.replace(candidate, fitness=math.nan, error=last)
+        return dataclasses.replace(candidate, fitness=math.nan, error=error_text(e))
+
+
+def error_text(e: BaseException) -> str:
+    """The last line of an exception's report (``RuntimeError: member 1 crashed``)."""
+    return traceback.format_exception_only(type(e), e)[-1].strip()
 
 
 class ProcessPBT(PBTLoop):
@@ -141,8 +145,7 @@ class ProcessPBT(PBTLoop):
             try:
                 out.append(f.result())
             except Exception as e:  # the worker died (BrokenProcessPool) or could not pickle
-                error = traceback.format_exception_only(type(e), e)[-1].strip()
-                out.append(dataclasses.replace(c, fitness=math.nan, error=error))
+                out.append(dataclasses.replace(c, fitness=math.nan, error=error_text(e)))
         return out
 
     def rounds(self, rounds: int, run_dir: str | os.PathLike | None = None,
@@ -155,11 +158,7 @@ class ProcessPBT(PBTLoop):
                 "ProcessPBT under torchrun needs run_dir, a directory every rank can read (a "
                 "shared filesystem across machines): members' checkpoints pass through it"
             )
-        path = None if run_dir is None else os.path.join(os.fspath(run_dir), "checkpoint.pt")
-        if path is not None and resume and os.path.exists(path):
-            self.load(path)
-        elif path is not None and distributed.is_main():
-            write_json(os.path.join(os.fspath(run_dir), "config.json"), self.config)
+        path = self._open_run(run_dir, resume)
         pool = None
         try:
             while self.round < rounds:

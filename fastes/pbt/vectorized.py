@@ -37,7 +37,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from torch.utils import _pytree as pytree
 
-from .._io import atomic_write, write_json
+from .._io import atomic_write
 from .._validate import check_callable, positive_int
 from ..noise import uniform
 from ..prng import fold_in, key_words
@@ -179,11 +179,7 @@ class VectorizedPBT(PBTLoop):
         check_callable(fitness, "fitness")
         if batch_size is not None:
             positive_int(batch_size, "batch_size")
-        path = None if run_dir is None else os.path.join(os.fspath(run_dir), "checkpoint.pt")
-        if path is not None and resume and os.path.exists(path):
-            self.load(path)
-        elif path is not None:
-            write_json(os.path.join(os.fspath(run_dir), "config.json"), self.config)
+        path = self._open_run(run_dir, resume)
         rounds = math.ceil(steps / self.interval)
         while self.round < rounds:
             for _ in range(min(self.interval, steps - self.step)):
