@@ -17,6 +17,7 @@ numpy's uint64 arithmetic in tests/test_prng.py).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -58,14 +59,17 @@ def _philox4x32_python(c0, c1, c2, c3, k0, k1, rounds):
     return tuple(torch.tensor(o, dtype=torch.int64).reshape(shape) for o in out)
 
 
+@functools.lru_cache(maxsize=256)
+def _key_schedule(k0: int, k1: int, rounds: int) -> tuple:
+    """The round keys (k0 + r·W0, k1 + r·W1) mod 2^32 for r < rounds."""
+    return tuple(((k0 + r * _W0) & MASK32, (k1 + r * _W1) & MASK32) for r in range(rounds))
+
+
 def _philox_ints(a: int, b: int, c: int, d: int, k0: int, k1: int, rounds: int = 10):
     """One counter's Philox4x32 rounds on Python ints: four output words."""
-    for r in range(rounds):
-        if r:
-            k0 = (k0 + _W0) & MASK32
-            k1 = (k1 + _W1) & MASK32
+    for r0, r1 in _key_schedule(k0, k1, rounds):
         p0, p1 = a * _M0, c * _M1
-        a, b, c, d = (p1 >> 32) ^ b ^ k0, p1 & MASK32, (p0 >> 32) ^ d ^ k1, p0 & MASK32
+        a, b, c, d = (p1 >> 32) ^ b ^ r0, p1 & MASK32, (p0 >> 32) ^ d ^ r1, p0 & MASK32
     return a, b, c, d
 
 
