@@ -11,8 +11,8 @@ compilation:
   where it has one, same jitted form;
 * OpenAI-ES at D = 1000, P = 256: ``fastes.es_step`` against the naive PyTorch loop
   (``torch.randn``, ``cat`` of ±ε, members, fitness, centered ranks, one matmul);
-* R = 64 CMA-ES runs at D = 10 advanced together (``fastes.strategies.batched``) against the
-  same 64 runs one after another.
+* R = 64 CMA-ES runs at D = 10 advanced together (``fastes.strategies.BatchedRuns``) against
+  the same 64 runs one after another.
 
     python benchmarks/small_dim.py --out benchmarks/results/small_dim_cpu.json
     python benchmarks/small_dim.py --quick          # fewer repetitions
@@ -148,6 +148,37 @@ def timed(runners: dict, reps: int, inner: int | None = None, budget_s: float = 
     return {n: statistics.median(t) for n, t in times.items()}
 
 
+def batched_runs(R: int = 64, D: int = 10, gens: int = 20, reps: int = 5) -> dict:
+    """R CMA-ES runs advanced together vs the same R runs one after another (ms/generation)."""
+    from fastes.strategies import BatchedRuns
+
+    x0 = {"x": torch.full((D,), 1.0)}
+    s = make("cma_es", x0, minimize=True, mode="batched")
+    runs, keys = BatchedRuns(s, R), torch.stack([fastes.key(r) for r in range(R)])
+
+    def together():
+        state = runs.init(x0)
+        for g in range(gens):
+            state, _ = runs.step(state, sphere_t, fastes.fold_in(keys, g))
+
+    def one_by_one():
+        for r in range(R):
+            state = s.init(x0)
+            for g in range(gens):
+                state, _ = s.step(state, sphere_t, fastes.fold_in(keys[r], g))
+
+    times = {"batched": [], "sequential": []}
+    together()
+    for _ in range(reps):
+        for name, fn in (("batched", together), ("sequential", one_by_one)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) / gens * 1e3)
+    out = {k: statistics.median(v) for k, v in times.items()}
+    out["speedup"] = out["sequential"] / out["batched"]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out")
@@ -176,6 +207,9 @@ def main() -> None:
                     print(f"evosax {EVOSAX[name]} D={D}: {type(e).__name__}: {e}")
             out[f"{name} D={D} P={P}"] = t = timed(runners, max(3, reps // 3))
             print(f"{name} D={D} P={P}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in t.items()))
+    out["batched_runs R=64 cma_es D=10"] = t = batched_runs(reps=3 if args.quick else 7)
+    print(f"64 CMA-ES runs, D=10: batched {t['batched']:.2f} ms/gen, one after another "
+          f"{t['sequential']:.2f} ms/gen, {t['speedup']:.1f}x")  # fmt: skip
     if args.out:
         from _common import environment, write_json
 

@@ -33,7 +33,7 @@ import torch
 
 from . import _dispatch
 from ._validate import positive_int
-from .prng import MASK32, TAG_OFFSET, _philox_ints, check_key, key_words, philox4x32
+from .prng import MASK32, TAG_OFFSET, _philox_ints, check_key, check_keys, key_words, philox4x32
 from .prng import key as make_key
 
 __all__ = [
@@ -191,12 +191,20 @@ def clear_caches() -> None:
 
 
 def table_offsets(k: torch.Tensor, rows, dim: int, table_size: int) -> torch.Tensor:
-    """Offset o_r ∈ [0, table_size - dim] of each row's slice, drawn from Philox(key, r)."""
-    check_key(k)
+    """Offset o_r ∈ [0, table_size - dim] of each row's slice, drawn from Philox(key, r).
+
+    ``k`` may be a batch of keys (R, 2): offsets (R, len(rows)), row j of key i as for key i
+    alone (independent runs advanced together, :class:`fastes.strategies.BatchedRuns`)."""
+    batch = k.ndim == 2
+    check_keys(k, "k") if batch else check_key(k)
     rows = _as_rows(rows, k.device)
     span = table_size - dim + 1
     if span < 1:
         raise ValueError(f"dim must be <= the noise table size {table_size}; got dim={dim}")
+    if batch:
+        tag = torch.full_like(rows, TAG_OFFSET)
+        w0, w1, _, _ = philox4x32(rows & MASK32, rows >> 32, tag * 0, tag, k[:, :1], k[:, 1:])
+        return (((w1 & 0x3FFFFFFF) << 32) | w0) % span
     if rows.numel() <= 64 and k.device.type == "cpu" and not torch.compiler.is_compiling():
         # A handful of rows: the same words on Python ints (~5 µs a row; tensor ops ~150 µs).
         k0, k1 = key_words(k)

@@ -23,7 +23,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["key", "split", "fold_in", "philox4x32", "check_key", "key_words"]
+__all__ = ["key", "split", "fold_in", "philox4x32", "check_key", "check_keys", "key_words"]
 
 MASK32 = 0xFFFFFFFF
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57  # round multipliers
@@ -184,8 +184,29 @@ def key_words(k: torch.Tensor):
 
 def _derive(k: torch.Tensor, c0, c1, tag: int) -> torch.Tensor:
     zero = torch.zeros_like(c0)
-    w0, w1, _, _ = philox4x32(c0, c1, zero, zero + tag, *key_words(k))
+    words = key_words(k) if k.ndim == 1 else (k[:, 0], k[:, 1])  # one key, or a batch (R, 2)
+    w0, w1, _, _ = philox4x32(c0, c1, zero, zero + tag, *words)
     return torch.stack([w0, w1], dim=-1)
+
+
+def check_keys(k: torch.Tensor, name: str = "keys") -> torch.Tensor:
+    """Validate a batch of keys: an int64 tensor of shape (R, 2) of uint32 words (R >= 1)."""
+    if (
+        not isinstance(k, torch.Tensor)
+        or k.dtype != torch.int64
+        or k.ndim != 2
+        or (k.shape[0] < 1 or k.shape[1] != 2)
+    ):
+        got = (f"tensor of dtype {k.dtype} and shape {tuple(k.shape)}"
+               if isinstance(k, torch.Tensor) else repr(type(k).__name__))  # fmt: skip
+        raise TypeError(
+            f"{name} must be a batch of keys, an int64 tensor of shape (R, 2) (e.g. "
+            f"torch.stack([fastes.key(s) for s in seeds])); got {got}"
+        )
+    if k.device.type == "cpu" and not torch.compiler.is_compiling():
+        if bool(((k < 0) | (k > MASK32)).any()):
+            raise ValueError(f"{name} words must be uint32 values in [0, 2**32)")
+    return k
 
 
 def split(k: torch.Tensor, num: int = 2) -> torch.Tensor:
@@ -205,18 +226,22 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
     """Derive a new key from ``k`` and a 64-bit integer ``data`` (e.g. the step number).
 
     ``data`` may be an int64 0-d tensor, so a step counter inside a compiled function stays data.
+    ``k`` may also be a batch of keys (R, 2): each row is folded with ``data``, as one call.
 
     Example:
         >>> step_key = fold_in(key(0), 7)
     """
-    check_key(k)
+    if isinstance(k, torch.Tensor) and k.ndim == 2:
+        check_keys(k, "k")
+    else:
+        check_key(k)
     if isinstance(data, torch.Tensor):
         d = data.to(device=k.device, dtype=torch.int64).reshape(())
     elif isinstance(data, int) and not isinstance(data, bool):
         if not -(2**63) <= data < 2**64:
             raise ValueError(f"data must fit in 64 bits; got {data}")
         u = data % 2**64
-        if k.device.type == "cpu" and not torch.compiler.is_compiling():
+        if k.ndim == 1 and k.device.type == "cpu" and not torch.compiler.is_compiling():
             # One counter, all Python ints (~10 µs; the tensor route costs ~80 µs of dispatch).
             w0, w1, _, _ = _philox_ints(u & MASK32, u >> 32, 0, TAG_FOLD, *key_words(k))
             return torch.tensor([w0, w1], dtype=torch.int64)

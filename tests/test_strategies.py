@@ -371,3 +371,49 @@ def test_a_key_changed_in_place_is_not_served_from_kept_rows():
     k[0] += 1  # same tensor object, new words: its version counter moved
     assert torch.equal(s._z(k, ids), make("snes", TEMPLATE, **SMALL)._z(k.clone(), ids))
     assert not torch.equal(s._z(k, ids), before)
+
+
+@pytest.mark.parametrize("name", ["cma_es", "sep_cma_es"])
+def test_batched_runs_equal_the_runs_one_at_a_time(name):
+    # R runs advanced together (leading run dim, one batched update) against each run alone
+    # with its key: the same operations on each run's slice, so the same bits.
+    from fastes.strategies import BatchedRuns
+
+    R, x0 = 5, {"x": torch.zeros(6)}
+    starts = {"x": torch.linspace(-1, 1, R)[:, None] + torch.arange(6.0)}  # one start per run
+    s = make(name, x0, minimize=True, mode="batched", sigma=0.5)
+    runs = BatchedRuns(s, R)
+    keys = torch.stack([fastes.key(40 + r) for r in range(R)])
+    state = runs.init(starts)
+    for g in range(12):
+        state, fitness = runs.step(state, lambda p: rosenbrock(p["x"]), fastes.fold_in(keys, g))
+    assert fitness.shape == (R, s.population_size)
+    for r in range(R):
+        alone = s.init({"x": starts["x"][r]})
+        for g in range(12):
+            alone, _ = s.step(alone, lambda p: rosenbrock(p["x"]), fastes.fold_in(keys[r], g))
+        for a, b in zip(state, alone, strict=True):
+            assert torch.equal(a if a.ndim == b.ndim else a[r], b)
+    assert runs.params(state)["x"].shape == (R, 6)
+    # ask / tell give the same as step.
+    members = runs.ask(state, keys)
+    told = runs.tell(state, keys, rosenbrock(members["x"]))
+    stepped, _ = runs.step(state, lambda p: rosenbrock(p["x"]), keys)
+    assert all(torch.equal(a, b) for a, b in zip(told, stepped, strict=True))
+
+
+def test_batched_runs_reject_what_they_cannot_do():
+    from fastes.strategies import BatchedRuns
+
+    with pytest.raises(NotImplementedError, match="supports cma_es and sep_cma_es"):
+        BatchedRuns(make("snes", {"x": torch.zeros(3)}), 4)
+    runs = BatchedRuns(make("cma_es", {"x": torch.zeros(3)}), 4)
+    state = runs.init({"x": torch.zeros(3)})
+    with pytest.raises(ValueError, match="keys must hold 4 keys"):
+        runs.step(state, lambda p: p["x"].sum(-1), torch.stack([fastes.key(0)] * 3))
+    with pytest.raises(TypeError, match="batch of keys"):
+        runs.step(state, lambda p: p["x"].sum(-1), fastes.key(0))
+    with pytest.raises(ValueError, match="fitness must be real numbers of shape \\(4, 7\\)"):
+        runs.step(state, lambda p: p["x"].sum(), torch.stack([fastes.key(0)] * 4))
+    with pytest.raises(ValueError, match="leading \\(4,\\) run dim"):
+        runs.init({"x": torch.zeros(5, 3)})

@@ -23,6 +23,7 @@ from typing import Any
 
 from .ars import ARS
 from .base import Strategy
+from .batched import BatchedRuns
 from .cem import CEM
 from .cma_es import CMAES, SepCMAES
 from .ipop import IPOP
@@ -51,6 +52,7 @@ TEST_FUNCTION_SETTINGS: dict[str, dict[str, Any]] = {
 
 __all__ = [
     "REGISTRY",
+    "BatchedRuns",
     "Strategy",
     "TEST_FUNCTION_SETTINGS",
     "make",

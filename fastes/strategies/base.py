@@ -264,19 +264,23 @@ class Strategy:
         shaping's twenty: it is most of a small-D generation's fixed cost)."""
         if fitness.dim() == 2 and fitness.shape[1] > 1:
             return torch.argsort(self._scores(fitness), descending=True, stable=True)
-        f = fitness.reshape(-1)
+        return self._order_runs(fitness.reshape(-1))
+
+    def _order_runs(self, f: torch.Tensor) -> torch.Tensor:
+        """Order of one objective along the last dim: (P,) for one run, (R, P) for R runs."""
         f = f if f.is_floating_point() else f.float()
         nan = torch.isnan(f)
-        if not torch.compiler.is_compiling() and bool(nan.all()):
+        if not torch.compiler.is_compiling() and bool(nan.all(-1).any()):
             raise ValueError(
                 "fitness is NaN for every member of the population (objective column(s) [0]); "
                 "check the fitness function"
             )
         score = f if self.minimize else -f
         if not torch.compiler.is_compiling() and not bool(nan.any()):
-            return torch.argsort(score, stable=True)
-        order = torch.argsort(torch.where(nan, torch.inf, score), stable=True)
-        return order[torch.argsort(nan[order].to(torch.uint8), stable=True)]  # NaN after +inf
+            return torch.argsort(score, dim=-1, stable=True)
+        order = torch.argsort(torch.where(nan, torch.inf, score), dim=-1, stable=True)
+        last = torch.argsort(nan.gather(-1, order).to(torch.uint8), dim=-1, stable=True)
+        return order.gather(-1, last)  # NaN after +inf
 
     def _check_fitness(self, fitness: Any, state) -> torch.Tensor:
         """Fitness as a detached real tensor of shape (P,) or (P, K) on the state's device."""

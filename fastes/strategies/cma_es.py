@@ -112,54 +112,70 @@ class CMAES(Strategy):
         return CMAState(mean, sigma, C, B, D, zeros, zeros.clone(), self._counter())
 
     def _y(self, state, z):
-        """y = B D z (row-wise) for z (m, D) float64."""
-        return z * state.D if self.separable else (z * state.D) @ state.B.T
+        """y = B D z (row-wise) for z (..., m, D) float64 (a leading run dim for batched runs)."""
+        zd = z * state.D[..., None, :]
+        return zd if self.separable else zd @ _t(state.B)
 
     def _members(self, state, key, ids):
         z = self._z(key, ids).double()
-        return state.mean + state.sigma * self._y(state, z)
+        return state.mean[..., None, :] + state.sigma[..., None, None] * self._y(state, z)
 
     def _tell(self, state, key, fitness):
-        p, w = self.p, self._weights
         order = self._order(fitness)  # best first
-        z = self._z(key, order).double()  # (λ, D), sorted
+        return self._update(state, self._z(key, order).double(), order)
+
+    def _update(self, state, z, order):
+        """The CMA update from z (..., λ, D) sorted best first (``order`` (..., λ) maps sorted
+        position to member). Written over optional leading run dims: one run here, R runs in
+        :class:`fastes.strategies.BatchedRuns`."""
+        p, w = self.p, self._weights
         y = self._y(state, z)
         wpos = w[: p.mu]
-        y_w = wpos @ y[: p.mu]
-        sigma0 = float(state.sigma)
-        mean = torch.add(state.mean, y_w, alpha=sigma0)
+        y_w = wpos @ y[..., : p.mu, :]
+        mean = state.mean + state.sigma[..., None] * y_w
         # C^{-1/2} y_w = B z_w: the z's are already in the C^{-1/2} frame.
-        z_w = wpos @ z[: p.mu]
-        cz_w = z_w if self.separable else state.B @ z_w
-        p_sigma = torch.add(state.p_sigma * (1 - p.c_sigma), cz_w, alpha=self._ps_scale)
-        ps_norm = float(p_sigma.norm())
-        sigma = sigma0 * math.exp((p.c_sigma / p.d_sigma) * (ps_norm / p.chi_n - 1))
-        g = int(state.generation) + 1
-        h_sigma = ps_norm / math.sqrt(1 - (1 - p.c_sigma) ** (2 * g)) < self._h_bound
-        p_c = torch.add(state.p_c * (1 - p.c_c), y_w, alpha=h_sigma * self._pc_scale)
-        delta_h = (1 - h_sigma) * p.c_c * (2 - p.c_c)
+        z_w = wpos @ z[..., : p.mu, :]
+        cz_w = z_w if self.separable else (state.B @ z_w[..., None])[..., 0]
+        p_sigma = state.p_sigma * (1 - p.c_sigma) + self._ps_scale * cz_w
+        ps_norm = torch.linalg.vector_norm(p_sigma, dim=-1)
+        sigma = state.sigma * torch.exp((p.c_sigma / p.d_sigma) * (ps_norm / p.chi_n - 1))
+        g = int(state.generation) + 1  # shared by all runs of a batch
+        h_sigma = (ps_norm < self._h_bound * math.sqrt(1 - (1 - p.c_sigma) ** (2 * g))).double()
+        p_c = state.p_c * (1 - p.c_c) + (h_sigma * self._pc_scale)[..., None] * y_w
+        decay = 1 - p.c_1 - p.c_mu * p.weights_sum + (p.c_1 * p.c_c * (2 - p.c_c)) * (1 - h_sigma)
         # Negative weights (the last λ − μ) are rescaled by D / ‖C^{-1/2} y‖² = D / ‖z‖²
         # (tutorial eq. 46).
-        w_circ = torch.cat([wpos, self._wneg_n / (z[p.mu :] ** 2).sum(1).clamp_min(1e-300)])
-        decay = 1 + p.c_1 * delta_h - p.c_1 - p.c_mu * p.weights_sum
+        w_neg = self._wneg_n / (z[..., p.mu :, :] ** 2).sum(-1).clamp_min(1e-300)
+        w_circ = torch.cat([wpos.expand(*w_neg.shape[:-1], p.mu), w_neg], -1)
         if self.separable:
-            C = decay * state.C + p.c_1 * p_c**2 + p.c_mu * (w_circ @ y**2)
+            rank_mu = (w_circ[..., None, :] @ y**2)[..., 0, :]
+            C = state.C * decay[..., None] + p.c_1 * p_c**2 + p.c_mu * rank_mu
             C = C.clamp_min(1e-300)
             B, D = state.B, C.sqrt()
         else:
-            # decay·C + c_1·p_c p_cᵀ + c_μ·Σ w°_i y_i y_iᵀ, in two fused products
-            C = torch.addr(state.C, p_c, p_c, beta=decay, alpha=p.c_1)
-            C = torch.addmm(C, (y * w_circ[:, None]).T, y, alpha=p.c_mu)
+            # decay·C + c_1·p_c p_cᵀ + c_μ·Σ w°_i y_i y_iᵀ
+            rank_mu = (_t(y) * w_circ[..., None, :]) @ y
+            C = (state.C * decay[..., None, None] + p.c_1 * (p_c[..., :, None] * p_c[..., None, :])
+                 + p.c_mu * rank_mu)  # fmt: skip
             if g % p.eigen_gap == 0:  # lazy: B and D lag C by < eigen_gap generations
                 # eigh reads C's lower triangle; the rank-μ product's rounding may leave the
                 # two triangles a few ulps apart, which this keeps from mattering.
                 evals, B = torch.linalg.eigh(C)
                 D = evals.clamp_min(1e-300).sqrt()
+                if B.ndim > 2:  # eigh's column-major batch: slow batched matmuls (see _t)
+                    B = B.contiguous()
             else:
                 B, D = state.B, state.D
-        weights = torch.empty_like(w).scatter_(0, order, w)  # member i's recombination weight
-        sigma = torch.tensor(sigma, dtype=torch.float64, device=mean.device)
-        return CMAState(mean, sigma, C, B, D, p_sigma, p_c, state.generation + 1), weights
+        # Member i's recombination weight.
+        weights = torch.empty_like(order, dtype=w.dtype).scatter_(-1, order, w.expand_as(order))
+        new = CMAState(mean, sigma, C, B, D, p_sigma, p_c, state.generation + 1)
+        return new, weights
+
+
+def _t(x: torch.Tensor) -> torch.Tensor:
+    """xᵀ over the last two dims; contiguous when batched, where a float64 matmul with a
+    transposed operand took 0.4-0.5 ms instead of 16-100 µs for 64 runs at D = 10 (measured)."""
+    return x.mT.contiguous() if x.ndim > 2 else x.mT
 
 
 class SepCMAES(CMAES):

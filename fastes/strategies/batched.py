@@ -1,0 +1,131 @@
+"""Many independent runs of one strategy, advanced by one call and vectorized over runs.
+
+Where D is small, one generation is mostly fixed cost (a few dozen tiny tensor ops), so R runs
+one after another cost R times that. :class:`BatchedRuns` keeps the R states stacked along a
+leading run dim and advances them with the strategy's own update written over that dim: the
+same ops on (R, ...) tensors, one batched ``eigh``, one noise gather for all runs. Run r with key
+``keys[r]`` gives the same result as the strategy alone with that key (tested).
+
+    runs = fastes.strategies.BatchedRuns(fastes.strategies.make("cma_es", x0, minimize=True), 64)
+    state = runs.init(x0)                            # or params with a leading (64,) dim
+    keys = torch.stack([fastes.key(s) for s in range(64)])
+    for g in range(100):
+        state, fitness = runs.step(state, f, fastes.fold_in(keys, g))
+    runs.params(state)                               # leaves (64, *shape)
+
+``f`` receives the members of every run, leaves (R, λ, *shape), and returns fitness (R, λ):
+different problems per run are the user's to index by the leading dim. Supported: ``cma_es``
+and ``sep_cma_es`` (the restart strategy cannot share a generation counter across runs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+
+from .._validate import check_callable, positive_int
+from ..noise import TableNoise, table_offsets
+from ..prng import check_keys
+from .cma_es import CMAES, CMAState
+
+__all__ = ["BatchedRuns"]
+
+
+class BatchedRuns:
+    """``runs`` independent runs of ``strategy`` (see the module docstring)."""
+
+    def __init__(self, strategy: CMAES, runs: int) -> None:
+        if not isinstance(strategy, CMAES):
+            raise NotImplementedError(
+                "BatchedRuns supports cma_es and sep_cma_es so far; got "
+                f"{getattr(strategy, 'name', type(strategy).__name__)!r}"
+            )
+        self.strategy = strategy
+        self.runs = positive_int(runs, "runs")
+
+    def init(self, params: Any) -> CMAState:
+        """R states: all from ``params`` (the template), or from params whose leaves have a
+        leading (R,) dim (a different starting point per run)."""
+        s, R = self.strategy, self.runs
+        leaves = pytree.tree_leaves(params)
+        if all(tuple(x.shape) == tuple(t) for x, t in zip(leaves, s.raveler.shapes, strict=True)):
+            starts = [params] * R
+        elif all(tuple(x.shape) == (R, *t) for x, t in zip(leaves, s.raveler.shapes, strict=True)):
+            spec = pytree.tree_structure(params)
+            starts = [pytree.tree_unflatten([x[r] for x in leaves], spec) for r in range(R)]
+        else:
+            raise ValueError(
+                f"params must have the template's shapes {[tuple(t) for t in s.raveler.shapes]} "
+                f"or those with a leading ({R},) run dim; got {[tuple(x.shape) for x in leaves]}"
+            )
+        states = [s.init(p) for p in starts]
+        shared = states[0].generation
+        return CMAState(*(torch.stack(f) for f in list(zip(*states, strict=True))[:-1]), shared)
+
+    def params(self, state: CMAState) -> Any:
+        """Every run's search centre: the template's structure, leaves (R, *shape)."""
+        rav = self.strategy.raveler
+        return rav.unravel_batch(state.mean.to(rav.flat_dtype))
+
+    def _z(self, keys: torch.Tensor) -> torch.Tensor:
+        """(R, λ, D) float32 standard normals: row i of run r as the strategy draws it for
+        keys[r] — one gather from the noise table for all runs where the table is used."""
+        s, lam = self.strategy, self.strategy.population_size
+        ids = s._ids(0, lam)
+        if isinstance(s.noise, TableNoise):
+            t = s.noise.table.values
+            offsets = table_offsets(keys, ids, s.dim, t.numel())  # (R, λ)
+            rows = torch.index_select(t.unfold(0, s.dim, 1), 0, offsets.reshape(-1))
+            return rows.view(self.runs, lam, s.dim)
+        return torch.stack([s.noise.rows(k, ids, s.dim) for k in keys])
+
+    def ask(self, state: CMAState, keys: torch.Tensor, *, flat: bool = False) -> Any:
+        """Every run's members: a pytree with leaves (R, λ, *shape) (``flat``: (R, λ, D))."""
+        self._check_keys(keys)
+        s = self.strategy
+        members = (state.mean[:, None, :] + state.sigma[:, None, None]
+                   * s._y(state, self._z(keys).double())).to(s.raveler.flat_dtype)  # fmt: skip
+        if flat:
+            return members
+        out = s.raveler.unravel_batch(members.reshape(-1, s.dim))
+        return pytree.tree_map(lambda x: x.reshape(self.runs, -1, *x.shape[1:]), out)
+
+    def tell(self, state: CMAState, keys: torch.Tensor, fitness: Any) -> CMAState:
+        """The new states from fitness (R, λ) (maximized unless the strategy minimizes)."""
+        return self._tell(state, self._check_keys(keys), self._check_fitness(fitness),
+                          self._z(keys))  # fmt: skip
+
+    def step(self, state: CMAState, fitness_fn: Callable[[Any], Any],
+             keys: torch.Tensor) -> tuple[CMAState, torch.Tensor]:  # fmt: skip
+        """Ask, evaluate ``fitness_fn`` on every run's members at once, tell: returns the new
+        states and the fitness (R, λ)."""
+        check_callable(fitness_fn, "fitness_fn")
+        s, z = self.strategy, self._z(self._check_keys(keys))
+        flat = state.mean[:, None, :] + state.sigma[:, None, None] * s._y(state, z.double())
+        members = s.raveler.unravel_batch(flat.to(s.raveler.flat_dtype).reshape(-1, s.dim))
+        members = pytree.tree_map(lambda x: x.reshape(self.runs, -1, *x.shape[1:]), members)
+        fitness = self._check_fitness(fitness_fn(members))
+        return self._tell(state, keys, fitness, z), fitness
+
+    def _tell(self, state, keys, fitness, z):
+        s = self.strategy
+        order = s._order_runs(fitness)  # (R, λ) best first, per run
+        z = z.gather(1, order[..., None].expand(-1, -1, s.dim)).double()
+        return s._update(state, z, order)[0]
+
+    def _check_keys(self, keys: torch.Tensor) -> torch.Tensor:
+        check_keys(keys)
+        if keys.shape[0] != self.runs:
+            raise ValueError(f"keys must hold {self.runs} keys, one per run; got {keys.shape[0]}")
+        return keys
+
+    def _check_fitness(self, fitness: Any) -> torch.Tensor:
+        f = fitness if isinstance(fitness, torch.Tensor) else torch.as_tensor(fitness)
+        shape = (self.runs, self.strategy.population_size)
+        if tuple(f.shape) != shape or f.is_complex() or f.dtype == torch.bool:
+            raise ValueError(f"fitness must be real numbers of shape {shape} (runs, members); "
+                             f"got {f.dtype} {tuple(f.shape)}")  # fmt: skip
+        return f.detach().to(self.strategy.raveler.device)
