@@ -132,17 +132,20 @@ class CMAES(Strategy):
         y = self._y(state, z)
         wpos = w[: p.mu]
         y_w = wpos @ y[..., : p.mu, :]
-        mean = state.mean + state.sigma[..., None] * y_w
+        mean = torch.addcmul(state.mean, state.sigma[..., None], y_w)
         # C^{-1/2} y_w = B z_w: the z's are already in the C^{-1/2} frame.
         z_w = wpos @ z[..., : p.mu, :]
         cz_w = z_w if self.separable else (state.B @ z_w[..., None])[..., 0]
-        p_sigma = state.p_sigma * (1 - p.c_sigma) + self._ps_scale * cz_w
+        p_sigma = torch.add(state.p_sigma * (1 - p.c_sigma), cz_w, alpha=self._ps_scale)
         ps_norm = torch.linalg.vector_norm(p_sigma, dim=-1)
-        sigma = state.sigma * torch.exp((p.c_sigma / p.d_sigma) * (ps_norm / p.chi_n - 1))
+        k_sigma = p.c_sigma / p.d_sigma
+        sigma = state.sigma * torch.exp(ps_norm * (k_sigma / p.chi_n) - k_sigma)
         g = int(state.generation) + 1  # shared by all runs of a batch
         h_sigma = (ps_norm < self._h_bound * math.sqrt(1 - (1 - p.c_sigma) ** (2 * g))).double()
-        p_c = state.p_c * (1 - p.c_c) + (h_sigma * self._pc_scale)[..., None] * y_w
-        decay = 1 - p.c_1 - p.c_mu * p.weights_sum + (p.c_1 * p.c_c * (2 - p.c_c)) * (1 - h_sigma)
+        p_c = torch.addcmul(state.p_c * (1 - p.c_c), (h_sigma * self._pc_scale)[..., None], y_w)
+        # decay = 1 − c_1 − c_μ Σw + c_1 δ(h_σ), δ(h_σ) = (1 − h_σ) c_c (2 − c_c)
+        k_h = p.c_1 * p.c_c * (2 - p.c_c)
+        decay = h_sigma.mul(-k_h).add_(1 - p.c_1 - p.c_mu * p.weights_sum + k_h)
         # Negative weights (the last λ − μ) are rescaled by D / ‖C^{-1/2} y‖² = D / ‖z‖²
         # (tutorial eq. 46).
         w_neg = self._wneg_n / (z[..., p.mu :, :] ** 2).sum(-1).clamp_min(1e-300)
@@ -155,8 +158,8 @@ class CMAES(Strategy):
         else:
             # decay·C + c_1·p_c p_cᵀ + c_μ·Σ w°_i y_i y_iᵀ
             rank_mu = (_t(y) * w_circ[..., None, :]) @ y
-            C = (state.C * decay[..., None, None] + p.c_1 * (p_c[..., :, None] * p_c[..., None, :])
-                 + p.c_mu * rank_mu)  # fmt: skip
+            C = state.C * decay[..., None, None]
+            C.add_(p_c[..., :, None] * p_c[..., None, :], alpha=p.c_1).add_(rank_mu, alpha=p.c_mu)
             if g % p.eigen_gap == 0:  # lazy: B and D lag C by < eigen_gap generations
                 # eigh reads C's lower triangle; the rank-μ product's rounding may leave the
                 # two triangles a few ulps apart, which this keeps from mattering.
