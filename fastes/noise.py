@@ -398,7 +398,7 @@ class TableNoise(NamedTuple):
 
     def _gather(self, k: torch.Tensor, rows, dim: int) -> torch.Tensor:
         """(R, dim) rows as one gather with tensor offsets: no host reads, for compiled graphs
-        (eager code uses the slice loops above, which are faster on the CPU)."""
+        (eager code uses index_select or per-member slices above, faster on the CPU)."""
         t = self.table.values
         offsets = table_offsets(k, rows, dim, t.numel())
         return t[offsets[:, None] + torch.arange(dim, device=t.device)]

@@ -84,10 +84,12 @@ class BatchedRuns:
 
     def ask(self, state: CMAState, keys: torch.Tensor, *, flat: bool = False) -> Any:
         """Every run's members: a pytree with leaves (R, λ, *shape) (``flat``: (R, λ, D))."""
-        self._check_keys(keys)
+        return self._members(state, self._z(self._check_keys(keys)), flat)
+
+    def _members(self, state: CMAState, z: torch.Tensor, flat: bool = False) -> Any:
+        """Members from the runs' noise z (R, λ, D): (R, λ, D), or the pytree of (R, λ, ...)."""
         s = self.strategy
-        members = (state.mean[:, None, :] + state.sigma[:, None, None]
-                   * s._y(state, self._z(keys).double())).to(s.raveler.flat_dtype)  # fmt: skip
+        members = s._members_from(state, z.double()).to(s.raveler.flat_dtype)
         if flat:
             return members
         out = s.raveler.unravel_batch(members.reshape(-1, s.dim))
@@ -103,11 +105,8 @@ class BatchedRuns:
         """Ask, evaluate ``fitness_fn`` on every run's members at once, tell: returns the new
         states and the fitness (R, λ)."""
         check_callable(fitness_fn, "fitness_fn")
-        s, z = self.strategy, self._z(self._check_keys(keys))
-        flat = state.mean[:, None, :] + state.sigma[:, None, None] * s._y(state, z.double())
-        members = s.raveler.unravel_batch(flat.to(s.raveler.flat_dtype).reshape(-1, s.dim))
-        members = pytree.tree_map(lambda x: x.reshape(self.runs, -1, *x.shape[1:]), members)
-        fitness = self._check_fitness(fitness_fn(members))
+        z = self._z(self._check_keys(keys))
+        fitness = self._check_fitness(fitness_fn(self._members(state, z)))
         return self._tell(state, keys, fitness, z), fitness
 
     def _tell(self, state, keys, fitness, z):

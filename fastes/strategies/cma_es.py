@@ -117,7 +117,10 @@ class CMAES(Strategy):
         return zd if self.separable else zd @ _t(state.B)
 
     def _members(self, state, key, ids):
-        z = self._z(key, ids).double()
+        return self._members_from(state, self._z(key, ids).double())
+
+    def _members_from(self, state, z):
+        """x = m + σ·B D z for z (..., m, D) float64 (a leading run dim for batched runs)."""
         return state.mean[..., None, :] + state.sigma[..., None, None] * self._y(state, z)
 
     def _tell(self, state, key, fitness):
