@@ -209,7 +209,7 @@ def parser() -> argparse.ArgumentParser:
     for name, typ in (
         ("generations", int), ("population", int), ("sigma", float), ("lr", float),
         ("sigma-decay", float), ("lr-decay", float), ("hidden", str), ("episodes", int),
-        ("optimizer", str),
+        ("optimizer", str), ("policy", str),
         ("goal", float), ("goal-count", int), ("eval-every", int), ("eval-episodes", int),
         ("workers", int), ("seed", int), ("checkpoint-every", int),
     ):  # fmt: skip

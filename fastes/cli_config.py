@@ -11,13 +11,15 @@ import torch
 
 from . import envs, optim, schedules, strategies
 from .prng import key
+from .rl.recurrent import POLICY_KINDS
 from .rl.tasks import EnvTask
 
 __all__ = ["FLAGS", "PRESETS", "build", "check_flags", "knobs", "parse_set", "preset"]
 
 _COMMON = dict(
     strategy="openai_es", generations=200, population=64, sigma=0.1, lr=0.05, sigma_decay=1.0,
-    lr_decay=1.0, optimizer=None, hidden="16", episodes=4, normalize_obs=True, goal=None,
+    lr_decay=1.0, optimizer=None, policy="mlp", hidden="16", episodes=4, normalize_obs=True,
+    goal=None,
     goal_count=3, eval_every=5, eval_episodes=10, workers=None, seed=0, checkpoint_every=None,
 )  # fmt: skip
 
@@ -160,16 +162,21 @@ def build(config: dict):
     """(task, strategy, params) for a run config (the JSON in a run directory)."""
     name = config["task"]
     hidden = _hidden(config["hidden"])
+    policy = config.get("policy", "mlp")  # runs from before --policy existed are MLPs
+    if policy not in POLICY_KINDS:
+        raise SystemExit(f"--policy must be one of {POLICY_KINDS}; got {policy!r}")
+    if policy != "mlp" and len(hidden) != 1:
+        raise SystemExit(f"--policy {policy} takes one --hidden size (its state); got {hidden}")
     if name.startswith("gym:"):
         from .rl.gym import GymTask
 
         task = GymTask(
-            name[4:], hidden=hidden, episodes=config["episodes"], workers=config["workers"],
+            name[4:], policy, hidden=hidden, episodes=config["episodes"], workers=config["workers"],
             normalize_obs=config["normalize_obs"], eval_episodes=config["eval_episodes"],
         )  # fmt: skip
     else:
         task = EnvTask(
-            name, hidden=hidden, episodes=config["episodes"],
+            name, policy, hidden=hidden, episodes=config["episodes"],
             normalize_obs=config["normalize_obs"], eval_episodes=config["eval_episodes"],
         )  # fmt: skip
     params = task.init_params(key(config["seed"] + 1))

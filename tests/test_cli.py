@@ -230,3 +230,24 @@ def test_eval_films_the_agent_to_a_gif_with_the_right_frames(tmp_path, capsys):
     with Image.open(gif) as im:
         assert im.n_frames == distinct
         assert im.size == (600, 400)  # CartPole's rgb_array frame
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_recurrent_policies_through_the_cli(kind, tmp_path, capsys):
+    run = tmp_path / kind
+    main(["train", "cartpole", "--policy", kind, "--hidden", "8", "--generations", "2",
+          "--population", "16", "--run-dir", str(run), "--no-progress"])  # fmt: skip
+    config = json.loads((run / "config.json").read_text())
+    assert config["policy"] == kind
+    task, _, params = build(config)
+    cls = {"gru": fastes.rl.GRUPolicy, "lstm": fastes.rl.LSTMPolicy}[kind]
+    assert isinstance(task.policy, cls) and task.policy.hidden == 8
+    assert set(params) == set(task.policy.init(fastes.key(0)))
+    main(["eval", str(run), "--episodes", "2"])  # rebuilt from config.json: the same policy
+    assert "mean return" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="takes one --hidden size"):
+        main(["train", "cartpole", "--policy", kind, "--hidden", "8,8",
+              "--run-dir", str(tmp_path / "bad")])  # fmt: skip
+    with pytest.raises(SystemExit, match="--policy must be one of"):
+        main(["train", "cartpole", "--policy", "rnn", "--run-dir", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()

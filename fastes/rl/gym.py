@@ -27,6 +27,7 @@ from .. import normalization as nz
 from ..noise import philox_uint32_rows
 from ..tree import tree_leaves, tree_map
 from .policies import MLPPolicy
+from .recurrent import make_policy
 from .tasks import RLTaskMixin
 
 __all__ = ["GymTask", "import_gymnasium", "run_episodes"]
@@ -116,8 +117,9 @@ class GymTask(RLTaskMixin):
 
     Args:
         env_id: any registered id (``"LunarLander-v3"``, ``"HalfCheetah-v5"``, ...).
-        policy: an :class:`MLPPolicy`; by default one sized from the env's spaces with ``hidden``
-            tanh layers (continuous actions: tanh-squashed into the Box bounds).
+        policy: a policy object, or the kind of the default one sized from the env's spaces:
+            ``"mlp"`` (``hidden`` tanh layers, the default; continuous actions tanh-squashed into
+            the Box bounds), ``"gru"`` or ``"lstm"`` (state size ``hidden[0]``).
         episodes: episodes per member per generation (a "virtual batch" of env seeds).
         workers: processes (default: all CPUs); 0 runs everything in this process.
         normalize_obs: running observation normalisation.
@@ -135,7 +137,7 @@ class GymTask(RLTaskMixin):
     def __init__(
         self,
         env_id: str,
-        policy: MLPPolicy | None = None,
+        policy: MLPPolicy | str | None = None,
         *,
         hidden: tuple[int, ...] = (32, 32),
         episodes: int = 1,
@@ -153,8 +155,8 @@ class GymTask(RLTaskMixin):
         gym = import_gymnasium()
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs or {})
         env = gym.make(env_id, **self.env_kwargs)
-        if policy is None:
-            policy = _policy_for(env, tuple(hidden), gym)
+        if policy is None or isinstance(policy, str):
+            policy = _policy_for(env, tuple(hidden), gym, policy or "mlp")
         env.close()
         self._setup(policy, episodes, eval_episodes, normalize_obs)
         self.workers = (os.cpu_count() or 1) if workers is None else workers
@@ -227,13 +229,13 @@ class GymTask(RLTaskMixin):
         )
 
 
-def _policy_for(env, hidden: tuple[int, ...], gym) -> MLPPolicy:
+def _policy_for(env, hidden: tuple[int, ...], gym, kind: str = "mlp"):
     obs_space, act_space = env.observation_space, env.action_space
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
         raise ValueError(f"GymTask needs a flat Box observation space; got {obs_space}")
     obs_dim = int(obs_space.shape[0])
     if isinstance(act_space, gym.spaces.Discrete):
-        return MLPPolicy(obs_dim, int(act_space.n), hidden)
+        return make_policy(kind, obs_dim, int(act_space.n), hidden)
     if isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1:
         low, high = np.unique(act_space.low), np.unique(act_space.high)
         if len(low) != 1 or len(high) != 1 or not np.all(np.isfinite([low, high])):
@@ -241,6 +243,6 @@ def _policy_for(env, hidden: tuple[int, ...], gym) -> MLPPolicy:
                 f"the default policy needs finite, uniform action bounds; got {act_space} "
                 "(pass your own MLPPolicy)"
             )
-        return MLPPolicy(obs_dim, int(act_space.shape[0]), hidden, discrete=False,
-                         low=float(low[0]), high=float(high[0]))  # fmt: skip
+        return make_policy(kind, obs_dim, int(act_space.shape[0]), hidden, discrete=False,
+                           low=float(low[0]), high=float(high[0]))  # fmt: skip
     raise ValueError(f"GymTask supports Discrete and 1-d Box action spaces; got {act_space}")

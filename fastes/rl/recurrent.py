@@ -26,7 +26,7 @@ import torch
 from .._validate import positive_int
 from ..noise import philox_normal_rows
 from ..prng import check_key
-from .policies import action, normalized, numpy_params
+from .policies import MLPPolicy, action, normalized, numpy_params
 
 __all__ = ["GRUPolicy", "LSTMPolicy"]
 
@@ -142,3 +142,23 @@ class LSTMPolicy(_Recurrent):
         c = f * c + i * cand
         h = o * xp.tanh(c)
         return h, (h, c)
+
+
+POLICY_KINDS = ("mlp", "gru", "lstm")
+
+
+def make_policy(kind: str, obs_dim: int, act_dim: int, hidden: tuple[int, ...],
+                **action_space) -> MLPPolicy | GRUPolicy | LSTMPolicy:  # fmt: skip
+    """The default policy of ``kind``: an MLP with layers ``hidden``, or a GRU / LSTM whose
+    state has the one size ``hidden`` gives; ``action_space`` (discrete, low, high) as for
+    :class:`MLPPolicy`."""
+    if kind not in POLICY_KINDS:
+        raise ValueError(f"policy must be one of {POLICY_KINDS} or a policy object; got {kind!r}")
+    if kind == "mlp":
+        return MLPPolicy(obs_dim, act_dim, tuple(hidden), **action_space)
+    if len(hidden) != 1:
+        raise ValueError(
+            f"a {kind} policy takes one hidden size (its state), e.g. hidden=(16,); got {hidden}"
+        )
+    cls = GRUPolicy if kind == "gru" else LSTMPolicy
+    return cls(obs_dim, act_dim, int(hidden[0]), **action_space)

@@ -15,6 +15,7 @@ from .._validate import positive_int
 from ..tasks import FunctionTask
 from ..tree import tree_leaves, tree_map
 from .policies import MLPPolicy
+from .recurrent import make_policy
 
 __all__ = ["EnvTask", "FunctionTask", "RLTaskMixin"]
 
@@ -97,7 +98,9 @@ class EnvTask(RLTaskMixin):
 
     Args:
         env: a name in :data:`fastes.envs.ENVS` or an env module.
-        policy: an :class:`MLPPolicy`; by default one with ``hidden`` tanh layers sized to the env.
+        policy: a policy object (:class:`MLPPolicy`, :class:`GRUPolicy`, :class:`LSTMPolicy`),
+            or the kind of the default one sized to the env: ``"mlp"`` (``hidden`` tanh layers,
+            the default), ``"gru"`` or ``"lstm"`` (state size ``hidden[0]``).
         episodes: episodes per member per generation.
         normalize_obs: running observation normalisation (statistics frozen within a generation).
         eval_episodes: episodes of the unperturbed evaluation.
@@ -108,7 +111,7 @@ class EnvTask(RLTaskMixin):
     def __init__(
         self,
         env="cartpole",
-        policy: MLPPolicy | None = None,
+        policy: MLPPolicy | str | None = None,
         *,
         hidden: tuple[int, ...] = (16,),
         episodes: int = 4,
@@ -117,8 +120,8 @@ class EnvTask(RLTaskMixin):
         device=None,
     ):
         self.env = envs.get(env) if isinstance(env, str) else env
-        if policy is None:
-            policy = default_policy(self.env, hidden)
+        if policy is None or isinstance(policy, str):
+            policy = default_policy(self.env, hidden, policy or "mlp")
         self._setup(policy, episodes, eval_episodes, normalize_obs)
         self.device = device
 
@@ -153,11 +156,11 @@ class EnvTask(RLTaskMixin):
         return self._eval_summary(out.returns[0], out.lengths)
 
 
-def default_policy(env, hidden: tuple[int, ...]) -> MLPPolicy:
-    """An MLP policy sized for a torch-native env module."""
+def default_policy(env, hidden: tuple[int, ...], kind: str = "mlp"):
+    """A policy of ``kind`` ("mlp", "gru", "lstm") sized for a torch-native env module."""
     if env.DISCRETE:
-        return MLPPolicy(env.OBS_DIM, env.ACTIONS, tuple(hidden))
-    return MLPPolicy(
-        env.OBS_DIM, env.ACTION_DIM, tuple(hidden), discrete=False,
+        return make_policy(kind, env.OBS_DIM, env.ACTIONS, tuple(hidden))
+    return make_policy(
+        kind, env.OBS_DIM, env.ACTION_DIM, tuple(hidden), discrete=False,
         low=env.ACTION_LOW, high=env.ACTION_HIGH,
     )  # fmt: skip
