@@ -196,26 +196,30 @@ class Strategy:
             return self._noise_rows(key, ids[: n // 2]).repeat_interleave(2, 0) * sign
         return self._noise_rows(key, ids // 2) * sign
 
-    def _memo_rows(self, key: torch.Tensor, n: int) -> torch.Tensor | None:
-        """Rows 0..n−1 of ``key`` if :meth:`_noise_rows` kept them (else None)."""
+    def _kept(self, key: torch.Tensor) -> torch.Tensor | None:
+        """The rows 0..n−1 :meth:`_noise_rows` kept for this very key (same object, unmodified),
+        in eager CPU code; else None."""
         memo = getattr(self, "_rows_memo", None)
         if memo is None or memo[0] is not key or memo[1] != key._version:
             return None
-        if torch.compiler.is_compiling() or memo[2].shape[0] < n:
-            return None
-        return memo[2][:n]
+        return None if torch.compiler.is_compiling() or key.device.type != "cpu" else memo[2]
+
+    def _memo_rows(self, key: torch.Tensor, n: int) -> torch.Tensor | None:
+        """Rows 0..n−1 of ``key`` if :meth:`_noise_rows` kept them (else None)."""
+        kept = self._kept(key)
+        return None if kept is None or kept.shape[0] < n else kept[:n]
 
     def _noise_rows(self, key: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """``noise.rows(key, rows, D)``, remembering rows 0..n−1 of the last key where they are
         small (≤ 1 MiB, CPU, eager): a generation draws them for the members, then again, in
         rank order, in tell. The memo holds the key object and its version counter, so a new or
         modified key recomputes; the rows are a pure function of (key, row), so reuse is exact."""
-        memo = getattr(self, "_rows_memo", None)
+        kept = self._kept(key)
+        if kept is not None and rows.numel():
+            lo, hi = torch.aminmax(rows)
+            if int(lo) >= 0 and int(hi) < kept.shape[0]:
+                return kept.index_select(0, rows)
         eager_cpu = key.device.type == "cpu" and not torch.compiler.is_compiling()
-        if eager_cpu and memo is not None and memo[0] is key and memo[1] == key._version:
-            lo, hi = torch.aminmax(rows) if rows.numel() else (-1, -1)
-            if int(lo) >= 0 and int(hi) < memo[2].shape[0]:
-                return memo[2].index_select(0, rows)
         z = self.noise.rows(key, rows, self.dim)
         n = rows.numel()
         if (
