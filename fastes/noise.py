@@ -201,18 +201,16 @@ def table_offsets(k: torch.Tensor, rows, dim: int, table_size: int) -> torch.Ten
     span = table_size - dim + 1
     if span < 1:
         raise ValueError(f"dim must be <= the noise table size {table_size}; got dim={dim}")
-    if batch:
-        tag = torch.full_like(rows, TAG_OFFSET)
-        w0, w1, _, _ = philox4x32(rows & MASK32, rows >> 32, tag * 0, tag, k[:, :1], k[:, 1:])
-        return (((w1 & 0x3FFFFFFF) << 32) | w0) % span
-    if rows.numel() <= 64 and k.device.type == "cpu" and not torch.compiler.is_compiling():
+    small = rows.numel() <= 64 and k.device.type == "cpu" and not torch.compiler.is_compiling()
+    if small and not batch:
         # A handful of rows: the same words on Python ints (~5 µs a row; tensor ops ~150 µs).
         k0, k1 = key_words(k)
         words = [_philox_ints(r & MASK32, r >> 32, 0, TAG_OFFSET, k0, k1) for r in rows.tolist()]
         return torch.tensor([(((w1 & 0x3FFFFFFF) << 32) | w0) % span for w0, w1, _, _ in words],
                             dtype=torch.int64)  # fmt: skip
     zero = torch.zeros_like(rows)
-    w0, w1, _, _ = philox4x32(rows & MASK32, rows >> 32, zero, zero + TAG_OFFSET, *key_words(k))
+    words = (k[:, :1], k[:, 1:]) if batch else key_words(k)  # a batch: (R, 1) against (rows,)
+    w0, w1, _, _ = philox4x32(rows & MASK32, rows >> 32, zero, zero + TAG_OFFSET, *words)
     # 62 random bits mod span: the modulo bias is below span / 2^62, i.e. negligible.
     return (((w1 & 0x3FFFFFFF) << 32) | w0) % span
 

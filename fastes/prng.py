@@ -40,13 +40,16 @@ _SMALL = 2048  # below this many counters numpy's ~1 µs ops beat torch's ~3 µs
 _TINY = 16  # up to this many, Python ints beat numpy's per-op cost (fold_in, split, offsets)
 
 
-def _small_cpu(*words) -> bool:
+def _small_cpu(*words) -> int:
+    """The number of counters when the eager CPU shortcuts apply (int keys, at most _SMALL
+    counters); 0 otherwise."""
     c = words[:4]
     if not all(isinstance(w, torch.Tensor) and w.device.type == "cpu" for w in c):
-        return False
+        return 0
     if not all(isinstance(k, int) for k in words[4:]) or torch.compiler.is_compiling():
-        return False
-    return math.prod(np.broadcast_shapes(*(tuple(w.shape) for w in c))) <= _SMALL
+        return 0
+    n = math.prod(np.broadcast_shapes(*(tuple(w.shape) for w in c)))
+    return n if n <= _SMALL else 0
 
 
 def _philox4x32_python(c0, c1, c2, c3, k0, k1, rounds):
@@ -109,8 +112,8 @@ def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = 10):
         >>> [hex(int(w)) for w in philox4x32(z, z, z, z, 0, 0)]
         ['0x6627e8d5', '0xe169c58d', '0xbc57ac4c', '0x9b00dbd8']
     """
-    if _small_cpu(c0, c1, c2, c3, k0, k1):
-        n = max(w.numel() for w in (c0, c1, c2, c3))
+    n = _small_cpu(c0, c1, c2, c3, k0, k1)
+    if n:
         small = _philox4x32_python if n <= _TINY else _philox4x32_numpy
         return small(c0, c1, c2, c3, k0, k1, rounds)
     for r in range(rounds):
