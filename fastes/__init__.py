@@ -6,6 +6,9 @@ public pieces: keys (:mod:`fastes.prng`), counter-based noise (:mod:`fastes.nois
 (:mod:`fastes.shaping`), the gradient estimate (:mod:`fastes.es`) and optimizers
 (:mod:`fastes.optim`). Fitness is maximized everywhere (``minimize=True`` says otherwise).
 
+Low-rank perturbations for large networks: :mod:`fastes.lowrank`, run by
+:mod:`fastes.population` (small models built for them: :mod:`fastes.nn`).
+
 Above the core: strategies (:mod:`fastes.strategies`), the task protocol (:mod:`fastes.tasks`),
 RL (:mod:`fastes.envs`, :mod:`fastes.rl`), population-based training (:mod:`fastes.pbt`) and
 the :class:`Trainer` with its CLI.
@@ -18,9 +21,12 @@ from . import (
     es_optimizer,
     evaluate,
     expectations,
+    lowrank,
+    nn,
     noise,
     optim,
     pbt,
+    population,
     prng,
     rl,
     schedules,
@@ -58,12 +64,15 @@ __all__ = [
     "fold_in",
     "functional",
     "key",
+    "lowrank",
+    "nn",
     "noise",
     "noise_table",
     "optim",
     "prng",
     "ravel",
     "pbt",
+    "population",
     "rl",
     "schedules",
     "shape_fitness",

@@ -15,6 +15,7 @@ import torch
 
 __all__ = [
     "FLOAT32_MAX",
+    "POPULATION",
     "check_callable",
     "check_evaluation",
     "check_exchange",
@@ -28,6 +29,8 @@ __all__ = [
 # Hyperparameters multiply float32 tensors; a value past float32's range cannot be converted.
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 MODES = ("vmap", "batched", "loop")  # fastes.evaluate's modes (re-exported there)
+# A fitness written for a whole low-rank population (fastes.lowrank.Population; eggroll).
+POPULATION = "population"
 EXCHANGES = ("fitness", "partial_sums")  # fastes.distributed's exchanges (re-exported there)
 
 
@@ -89,10 +92,11 @@ def check_population(population_size: int, antithetic: bool, paired: str = "with
         )
 
 
-def check_evaluation(mode: str, chunk_size: int | None) -> None:
-    """An evaluation mode from MODES and a positive chunk size (or None)."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+def check_evaluation(mode: str, chunk_size: int | None, modes: tuple = MODES) -> None:
+    """An evaluation mode from ``modes`` and a positive chunk size (or None)."""
+    if mode not in modes:
+        hint = " ('population' needs a low-rank strategy: eggroll)" if mode == POPULATION else ""
+        raise ValueError(f"mode must be one of {modes}; got {mode!r}{hint}")
     if chunk_size is not None:
         positive_int(chunk_size, "chunk_size")
 

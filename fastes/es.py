@@ -118,7 +118,9 @@ def resolve_noise(noise: Any, dim: int, device: torch.device) -> PhiloxNoise | T
     noise compiled and eager on the CPU, or a prebuilt ``fastes.noise_table()`` to trace the
     table path.
     """
-    if isinstance(noise, (PhiloxNoise, TableNoise)):
+    if isinstance(noise, (PhiloxNoise, TableNoise)) or all(
+        callable(getattr(noise, m, None)) for m in ("rows", "weighted_sum", "perturb")
+    ):  # a source of fastes' own or one with their interface (e.g. fastes.lowrank.LowRankNoise)
         return noise
     if isinstance(noise, NoiseTable):
         return TableNoise(noise)

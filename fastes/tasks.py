@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from ._validate import MODES, check_callable
+from ._validate import MODES, POPULATION, check_callable
 
 __all__ = ["FunctionTask", "Task"]
 
@@ -57,8 +57,8 @@ class FunctionTask:
         check_callable(fitness_fn, "fitness_fn")
         if eval_fn is not None:
             check_callable(eval_fn, "eval_fn")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+        if mode not in (*MODES, POPULATION):
+            raise ValueError(f"mode must be one of {(*MODES, POPULATION)}; got {mode!r}")
         self.fitness_fn, self.eval_fn, self.mode, self.takes_key = (
             fitness_fn, eval_fn, mode, takes_key,
         )  # fmt: skip

@@ -282,7 +282,7 @@ def test_tell_accepts_lists_and_detaches_fitness(name):
 # ranks): checked against the strategy's own rule on a fitness with distinct values.
 def _expected_weights(name, s, fitness):
     maximize = -fitness  # minimize=True below
-    if name in ("openai_es", "pgpe"):
+    if name in ("openai_es", "pgpe", "eggroll"):
         return fastes.shaping.centered_ranks(maximize).double()
     if name in ("snes", "xnes"):
         return fastes.shaping.nes_utilities(maximize).double()

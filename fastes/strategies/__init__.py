@@ -15,6 +15,7 @@
 | ``ipop_cma_es`` | Auger & Hansen 2005 | multimodal, restarts |
 | ``cem`` | Rubinstein 1999; Szita & Lőrincz 2006 | simple baselines |
 | ``ars`` | Mania et al. 2018 | linear policies, observation normalisation |
+| ``eggroll`` | Sarkar et al. 2025 | large networks: low-rank noise, population forward |
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .base import Strategy
 from .batched import BatchedRuns
 from .cem import CEM
 from .cma_es import CMAES, SepCMAES
+from .eggroll import EGGROLL
 from .ipop import IPOP
 from .open_es import OpenES
 from .pgpe import PGPE
@@ -33,7 +35,7 @@ from .snes import SNES
 from .xnes import XNES
 
 REGISTRY: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (OpenES, PGPE, SNES, XNES, CMAES, SepCMAES, IPOP, CEM, ARS)
+    cls.name: cls for cls in (OpenES, PGPE, SNES, XNES, CMAES, SepCMAES, IPOP, CEM, ARS, EGGROLL)
 }
 
 # Settings that solve the classic test functions (sphere, Rosenbrock, Rastrigin; coordinates of
@@ -48,6 +50,7 @@ TEST_FUNCTION_SETTINGS: dict[str, dict[str, Any]] = {
     "ipop_cma_es": dict(sigma=2.0),
     "cem": dict(sigma=1.0, population_size=100, noise_floor=0.01),
     "ars": dict(sigma=0.02, learning_rate=0.02, population_size=64),
+    "eggroll": dict(sigma=0.02, learning_rate=0.02, population_size=64),
 }
 
 __all__ = [

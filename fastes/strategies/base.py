@@ -33,6 +33,7 @@ from torch.utils import _pytree as pytree
 
 from .. import distributed
 from .._validate import (
+    MODES,
     check_callable,
     check_evaluation,
     check_finite_flat,
@@ -56,6 +57,7 @@ class Strategy:
 
     name = "base"
     antithetic = False
+    modes = MODES  # the evaluation modes its step takes
 
     def __init__(
         self,
@@ -73,7 +75,7 @@ class Strategy:
         if population_size is None:
             population_size = self.default_population(self.dim)
         check_population(population_size, self.antithetic, f"for {self.name}")
-        check_evaluation(mode, chunk_size)
+        check_evaluation(mode, chunk_size, self.modes)
         if not isinstance(minimize, bool):
             raise TypeError(f"minimize must be True or False; got {minimize!r}")
         self.population_size = population_size
