@@ -76,7 +76,9 @@ def test_core_and_strategies_are_bit_identical_on_1_2_and_3_processes(tmp_path):
     assert [r["world_size"] for r in results] == [1, 2, 3]
     names = ["es_step", "es_optimizer"]
     names += [
-        f"{s}{how}" for s in ("openai_es", "cma_es", "pgpe", "snes") for how in ("", "_ask_tell")
+        f"{s}{how}"
+        for s in ("openai_es", "cma_es", "pgpe", "snes", "eggroll")
+        for how in ("", "_ask_tell")
     ]
     for name in names:
         ref = fastes.tree.tree_leaves(results[0][name])

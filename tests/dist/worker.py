@@ -38,6 +38,22 @@ def main(out: str, what: str) -> None:
                 members = s.ask(state, k, local=True)
                 state = s.tell(state, k, torch.vmap(sphere)(members), local=True)
             results[name + "_ask_tell"] = list(fastes.tree.tree_leaves(state))
+        # eggroll's population mode: each rank runs its members' slice of the population.
+        layer = torch.nn.Linear(4, 3)
+        lp = {"weight": params["w"], "bias": params["b"]}
+        xs = torch.linspace(-1, 1, 8).reshape(2, 4)
+        pop_fitness = lambda pop: -((pop(xs) - 0.3) ** 2).mean((1, 2))  # noqa: E731
+        s = fastes.strategies.make("eggroll", lp, module=layer, rank=2, population_size=12)
+        state = s.init(lp)
+        for t in range(4):
+            state, _ = s.step(state, pop_fitness, fastes.fold_in(key, t))
+        results["eggroll"] = list(fastes.tree.tree_leaves(state))
+        state = s.init(lp)
+        for t in range(4):
+            k = fastes.fold_in(key, t)
+            state = s.tell(state, k, pop_fitness(s.ask_population(state, k, local=True)),
+                           local=True)  # fmt: skip
+        results["eggroll_ask_tell"] = list(fastes.tree.tree_leaves(state))
         # ESOptimizer: estimate_grad shards its members too; any torch.optim optimizer steps.
         model = torch.nn.Linear(4, 2)
         with torch.no_grad():

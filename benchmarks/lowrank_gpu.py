@@ -1,0 +1,116 @@
+"""EGGROLL's layer microbenchmark on a GPU: one m×n layer, P members with one input each.
+
+    python benchmarks/lowrank_gpu.py --out benchmarks/results/lowrank_gpu.json
+    TRITON_INTERPRET=1 python benchmarks/lowrank_gpu.py --smoke   # CPU, tiny: code path only
+
+The paper (Sarkar et al. 2025, arXiv 2511.16652) reports 91% of plain batched inference for one
+8192×8192 bf16 layer, batch 1024 (each row its own member), rank 1. Measured here, in one run:
+
+* ``x @ W.T`` — plain inference, the baseline;
+* ``torch population`` — fastes.population's PyTorch path (GEMM + baddbmm), factors given;
+* ``triton given`` — kernels/lowrank.py with the factors read from memory (pre-generated);
+* ``triton regenerated`` — the same kernel regenerating A_i, B_i from (key, member) in registers.
+
+Times are CUDA-event medians of ``--repeats`` runs after warm-up; ratio = baseline / time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import environment, write_json  # noqa: E402
+
+import fastes  # noqa: E402
+from fastes.population import lowrank_linear  # noqa: E402
+
+
+def timed(fn, repeats: int, device: str) -> float:
+    fn()
+    if device != "cuda":
+        import time
+
+        ts = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return statistics.median(ts)
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b) / 1e3)
+    return statistics.median(ts)
+
+
+def run(m: int, n: int, P: int, rank: int, dtype, device: str, repeats: int) -> dict:
+    from fastes.kernels import lowrank as kl
+
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(P, 1, n, device=device, generator=g).to(dtype)
+    W = (torch.randn(m, n, device=device, generator=g) / n**0.5).to(dtype)
+    A = torch.randn(P, m, rank, device=device, generator=g).to(dtype)
+    B = torch.randn(P, n, rank, device=device, generator=g).to(dtype)
+    scale = torch.full((P,), 0.01 / rank**0.5, device=device)
+    key, rows = fastes.key(1, device=device), torch.arange(P, device=device)
+    x2 = x.reshape(P, n)
+    As = A * scale.to(dtype)[:, None, None]
+    ieee = dtype == torch.float32 and device == "cuda"
+    cases = {
+        "x @ W.T": lambda: x2 @ W.T,
+        "torch population": lambda: torch.vmap(lowrank_linear, in_dims=(0, None, None, 0, 0))(
+            x, W, None, As, B
+        ),
+        "triton given": lambda: kl.lowrank_linear(x, W, None, scale, A=A, B=B, ieee=ieee),
+        "triton regenerated": lambda: kl.lowrank_linear(
+            x, W, None, scale, key=key, rows=rows, rank=rank, ieee=ieee
+        ),
+    }
+    times = {name: timed(fn, repeats, device) for name, fn in cases.items()}
+    base = times["x @ W.T"]
+    row = {"m": m, "n": n, "P": P, "rank": rank, "dtype": str(dtype).replace("torch.", "")}
+    for name, t in times.items():
+        row[f"{name} s"] = t
+        row[f"{name} ratio"] = base / t
+    print(
+        " | ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
+    )
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, any device (CI check)")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    if a.smoke:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        rows = [run(16, 16, 8, 1, torch.float32, device, 2)]
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("lowrank_gpu.py needs a CUDA GPU (or --smoke for a code-path check)")
+        rows = [
+            run(8192, 8192, 1024, 1, torch.bfloat16, "cuda", a.repeats),
+            run(8192, 8192, 1024, 4, torch.bfloat16, "cuda", a.repeats),
+            run(4096, 4096, 1024, 1, torch.float32, "cuda", a.repeats),
+        ]
+    if a.out:
+        write_json(a.out, {"environment": environment("cuda" if not a.smoke else "cpu"),
+                           "rows": rows})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
