@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -74,3 +75,23 @@ print(_vm("VmHWM") - _before)
         why = "killed (out of memory)" if out.returncode in (-9, 137) else out.stderr[-300:]
         return None, why
     return int(out.stdout.strip().splitlines()[-1]), None
+
+
+def timer(device: torch.device | str, fn, reps: int) -> float:
+    """Median seconds of fn() over reps runs after one warm-up (CUDA events on a GPU)."""
+    device = torch.device(device)
+    fn()
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)

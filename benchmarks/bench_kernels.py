@@ -18,35 +18,14 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import statistics
 import sys
-import time
 
 import torch
 
 import fastes
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import environment, write_json  # noqa: E402
-
-
-def timer(device, fn, reps):
-    """Median seconds of fn() over reps runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from _common import environment, timer, write_json  # noqa: E402
 
 
 def _randn_matmul(w, randn):

@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import environment, peak_rss_growth, write_json  # noqa: E402
+from _common import environment, peak_rss_growth, timer, write_json  # noqa: E402
 
 import fastes  # noqa: E402
 from fastes.nn import TinyTransformer  # noqa: E402
@@ -49,16 +47,6 @@ def models():
     yield "transformer 4x256", tr, lambda P, B: torch.randint(0, 64, (P, B, 16)), 2
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def throughput_rows(populations, ranks, repeats: int, full_rank: bool) -> list[dict]:
     rows = []
     for name, net, make_x, B in models():
@@ -72,7 +60,7 @@ def throughput_rows(populations, ranks, repeats: int, full_rank: bool) -> list[d
                 with torch.no_grad():
                     return net(x.reshape(P * B, *x.shape[2:]))
 
-            t_plain = median_time(plain, repeats)
+            t_plain = timer("cpu", plain, repeats)
             row = {"model": name, "D": D, "P": P, "B": B, "plain_s": t_plain}
 
             def fitness(pop, x=x):
@@ -85,7 +73,7 @@ def throughput_rows(populations, ranks, repeats: int, full_rank: bool) -> list[d
                              optimizer=optimizer)  # fmt: skip
                     st = s.init(p)
                     key = fastes.key(1)
-                    t = median_time(lambda s=s, st=st, key=key: s.step(st, fitness, key), repeats)
+                    t = timer("cpu", lambda s=s, st=st, key=key: s.step(st, fitness, key), repeats)
                     row[f"eggroll_r{r}_{opt}_s"] = t
                     row[f"ratio_r{r}_{opt}"] = t_plain / t
             if full_rank and P == 64:
@@ -97,7 +85,7 @@ def throughput_rows(populations, ranks, repeats: int, full_rank: bool) -> list[d
                 def fr_fitness(q, apply=apply, x=x):  # one member, B inputs (x[0]: same work)
                     return apply(q, x[0]).float().mean()
 
-                t = median_time(lambda s=s, st=st: s.step(st, fr_fitness, fastes.key(1)), repeats)
+                t = timer("cpu", lambda s=s, st=st: s.step(st, fr_fitness, fastes.key(1)), repeats)
                 row["full_rank_sgd_s"] = t
                 row["ratio_full_rank"] = t_plain / t
             rows.append(row)

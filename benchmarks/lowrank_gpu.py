@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 
 import torch
@@ -26,33 +25,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import environment, write_json  # noqa: E402
+from _common import environment, timer, write_json  # noqa: E402
 
 import fastes  # noqa: E402
 from fastes.population import lowrank_linear  # noqa: E402
-
-
-def timed(fn, repeats: int, device: str) -> float:
-    fn()
-    if device != "cuda":
-        import time
-
-        ts = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        return statistics.median(ts)
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b) / 1e3)
-    return statistics.median(ts)
 
 
 def run(m: int, n: int, P: int, rank: int, dtype, device: str, repeats: int) -> dict:
@@ -78,7 +54,7 @@ def run(m: int, n: int, P: int, rank: int, dtype, device: str, repeats: int) -> 
             x, W, None, scale, key=key, rows=rows, rank=rank, ieee=ieee
         ),
     }
-    times = {name: timed(fn, repeats, device) for name, fn in cases.items()}
+    times = {name: timer(device, fn, repeats) for name, fn in cases.items()}
     base = times["x @ W.T"]
     row = {"m": m, "n": n, "P": P, "rank": rank, "dtype": str(dtype).replace("torch.", "")}
     for name, t in times.items():

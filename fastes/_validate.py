@@ -29,7 +29,7 @@ __all__ = [
 # Hyperparameters multiply float32 tensors; a value past float32's range cannot be converted.
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 MODES = ("vmap", "batched", "loop")  # fastes.evaluate's modes (re-exported there)
-# A fitness written for a whole low-rank population (fastes.lowrank.Population; eggroll).
+# A fitness written for a whole low-rank population (fastes.population.Population; eggroll).
 POPULATION = "population"
 EXCHANGES = ("fitness", "partial_sums")  # fastes.distributed's exchanges (re-exported there)
 

@@ -67,7 +67,7 @@ class Population:
                 )
 
         def member(factors, full, *xs):
-            with _rewritten(self.module, self._lowrank, factors) as fired:
+            with _rewritten(self.module, self._lowrank, factors, self.size) as fired:
                 out = functional_call(self.module, {**self._shared, **full}, xs, kwargs)
             missed = sorted(self._lowrank - fired)
             if missed:  # its weight was read without its forward: the members would be wrong
@@ -82,7 +82,7 @@ class Population:
 
 
 @contextmanager
-def _rewritten(module: torch.nn.Module, lowrank: set, factors: dict):
+def _rewritten(module: torch.nn.Module, lowrank: set, factors: dict, members: int):
     """Low-rank layers of ``module`` run with this member's factors while inside."""
     handles, patched, fired = [], [], set()
     try:
@@ -93,7 +93,7 @@ def _rewritten(module: torch.nn.Module, lowrank: set, factors: dict):
             if isinstance(mod, torch.nn.Embedding):
                 handles.append(mod.register_forward_hook(_embedding_hook(A, B, name, fired)))
             else:
-                mod.forward = types.MethodType(_linear_forward(A, B, name, fired), mod)
+                mod.forward = types.MethodType(_linear_forward(A, B, name, fired, members), mod)
                 patched.append(mod)
         yield fired
     finally:
@@ -103,18 +103,20 @@ def _rewritten(module: torch.nn.Module, lowrank: set, factors: dict):
             del mod.forward  # back to the class's forward
 
 
-# Up to this many weights (m·n) a layer runs on plain ops under vmap's own batching rules: the
-# custom rule's dispatch costs ~0.4 ms a call here, more than a 64 × 64 layer's whole forward
-# (an RL policy calls its layers every env step: 2.0 -> 1.3 ms per population call of a
-# 3-64-64-1 MLP, P = 128, measured here).
-_SMALL_LAYER = 2**14
+# Up to this many output elements over all members a layer runs on plain ops under vmap's own
+# batching rules: the custom rule's dispatch costs ~0.4 ms a call here, more than a small layer's
+# whole forward (an RL policy calls its layers every env step: 2.0 -> 1.3 ms per population call
+# of a 3-64-64-1 MLP, P = 128, 8 episodes), while on large outputs its fused passes win (the
+# sorting transformer of examples/10, P = 256, 384 rows per member: 0.65 s a generation with the
+# rule, 1.07 s without).
+_SMALL_OUTPUT = 2**18
 
 
-def _linear_forward(A, B, name: str, fired: set):
+def _linear_forward(A, B, name: str, fired: set, members: int):
     def forward(self, x):
         fired.add(name)
         A_, B_ = A.to(x.dtype), B.to(x.dtype)
-        if self.weight.numel() <= _SMALL_LAYER:
+        if members * (x.numel() // max(x.shape[-1], 1)) * self.weight.shape[0] <= _SMALL_OUTPUT:
             out = torch.nn.functional.linear(x, self.weight, self.bias)
             return out + (x @ B_) @ A_.T
         return lowrank_linear(x, self.weight, self.bias, A_, B_)

@@ -4,7 +4,8 @@ A task is a fitness over a population plus the bookkeeping around it. The Traine
 only through :class:`Task` (DESIGN §13), never through a policy's attribute or parameter names:
 
 * ``mode`` — the fastes evaluation mode its ``fitness`` is written for (``"vmap"``,
-  ``"batched"`` or ``"loop"``, see :mod:`fastes.evaluate`);
+  ``"batched"`` or ``"loop"``, see :mod:`fastes.evaluate`; or ``"population"``: ``fitness``
+  gets a :class:`fastes.population.Population`, for the ``eggroll`` strategy);
 * ``fitness(params, key)`` — the fitness of the members in that mode; ``key`` is the
   generation's task key, shared by all members (common random numbers). Maximized, unless the
   strategy was built with ``minimize=True``;
@@ -41,8 +42,9 @@ class FunctionTask:
     """A task from ``fitness_fn(params[, key])`` and optionally ``eval_fn(params, key)``.
 
     Args:
-        fitness_fn: fitness of one member (``mode="vmap"``/``"loop"``) or of stacked members
-            (``"batched"``); maximized unless the strategy has ``minimize=True``.
+        fitness_fn: fitness of one member (``mode="vmap"``/``"loop"``), of stacked members
+            (``"batched"``) or of a low-rank population (``"population"``); maximized unless
+            the strategy has ``minimize=True``.
         eval_fn: returns a float (or a dict with ``"score"``) for the unperturbed params.
         takes_key: pass the generation's key as a second argument to ``fitness_fn``.
     """

@@ -57,9 +57,19 @@ def _explicit_members(strategy, state, key, P):
     return members
 
 
+@pytest.fixture(params=["fused", "plain"])
+def linear_path(request, monkeypatch):
+    """Both ways a population runs its nn.Linear layers: the fused batching rule (large outputs)
+    and vmap's own rules on plain ops (small ones), chosen by fastes.population._SMALL_OUTPUT."""
+    monkeypatch.setattr(
+        fastes.population, "_SMALL_OUTPUT", 0 if request.param == "fused" else 2**62
+    )
+    return request.param
+
+
 @pytest.mark.parametrize("rank", [1, 3])
 @pytest.mark.parametrize("model", ["mlp", "transformer"])
-def test_population_forward_equals_materialised_members(model, rank):
+def test_population_forward_equals_materialised_members(model, rank, linear_path):
     net = _mlp() if model == "mlp" else _transformer()
     p = _params(net)
     P = 6
@@ -93,7 +103,7 @@ def test_layout_of_a_transformer():
     assert layout["ln.weight"] == layout["ln.bias"] == "frozen"
 
 
-def test_tied_and_multihead_attention_weights_are_full_rank():
+def test_tied_and_multihead_attention_weights_are_full_rank(linear_path):
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -251,6 +261,8 @@ def test_bad_input_names_the_argument():
         make("openai_es", p, mode="population")
     with pytest.raises(ValueError, match="freeze pattern 'x.*' matches no parameter"):
         make("eggroll", p, module=net, freeze=["x.*"])
+    with pytest.raises(ValueError, match="eggroll exchanges fitness only"):
+        make("eggroll", p, module=net, exchange="partial_sums")
     with pytest.raises(ValueError, match="rank must be an int >= 1"):
         make("eggroll", p, module=net, rank=0)
     with pytest.raises(ValueError, match="not parameters of the module"):
@@ -261,3 +273,29 @@ def test_bad_input_names_the_argument():
         pop(torch.ones(3, 2, 5), in_dims=0)
     with pytest.raises(ValueError, match=r"fitness_fn must return \(chunk,\)"):
         s.step(s.init(p), lambda pop: pop(torch.ones(2, 5)), fastes.key(0))
+
+
+@pytest.mark.parametrize("bias", [None, "shared", "member"])
+@pytest.mark.parametrize("x_dim", [None, 0, 1])
+def test_lowrank_linear_batching_rule_equals_one_member_at_a_time(bias, x_dim):
+    # The fused rule (one GEMM for all members) against the one-member formula in a loop, for
+    # shared inputs, members along dim 0 or 1, and no / shared / per-member bias (float64).
+    from fastes.population import lowrank_linear
+
+    g = torch.Generator().manual_seed(0)
+    P, S, n, m, r = 5, 3, 7, 4, 2
+    W = torch.randn(m, n, generator=g, dtype=torch.float64)
+    A = torch.randn(P, m, r, generator=g, dtype=torch.float64)
+    B = torch.randn(P, n, r, generator=g, dtype=torch.float64)
+    b = {None: None, "shared": torch.randn(m, generator=g, dtype=torch.float64),
+         "member": torch.randn(P, m, generator=g, dtype=torch.float64)}[bias]  # fmt: skip
+    x = torch.randn(S, n, generator=g, dtype=torch.float64)
+    if x_dim is not None:
+        x = torch.stack([x * (i + 1) for i in range(P)], dim=x_dim)
+    in_dims = (x_dim, None, 0 if bias == "member" else None, 0, 0)
+    got = torch.vmap(lowrank_linear, in_dims=in_dims)(x, W, b, A, B)
+    for i in range(P):
+        xi = x if x_dim is None else x.select(x_dim, i)
+        bi = None if b is None else (b[i] if bias == "member" else b)
+        want = xi @ W.T + (xi @ B[i]) @ A[i].T + (0 if bi is None else bi)
+        torch.testing.assert_close(got[i], want, rtol=0, atol=TOL64)

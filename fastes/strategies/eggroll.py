@@ -54,6 +54,11 @@ class EGGROLL(OpenES):
         noise: Any = "auto",
         **kwargs,
     ):
+        if kwargs.get("exchange", "fitness") != "fitness":
+            raise ValueError(
+                "eggroll exchanges fitness only under torch.distributed (every rank regenerates "
+                f"the factors, O(P·r·(m + n))); got exchange={kwargs['exchange']!r}"
+            )
         rav = raveler(params)
         layout = leaf_layout(params, rav, module, freeze)
         if mode is None:
@@ -100,9 +105,10 @@ class EGGROLL(OpenES):
     def step(self, state, fitness_fn, key, fitness_args=()):
         """One generation. In ``"population"`` mode: draw the factors once, evaluate the
         population (in chunks of ``chunk_size`` members when set), reduce with one GEMM per
-        weight. Other modes: OpenES's step on materialised members."""
+        weight. Other modes: the base step on materialised members (same update: step equals
+        ask + tell bit for bit in every mode)."""
         if self.mode != POPULATION:
-            return super().step(state, fitness_fn, key, fitness_args)
+            return Strategy.step(self, state, fitness_fn, key, fitness_args)
         check_key(key)
         check_callable(fitness_fn, "fitness_fn")
         fitness_args = check_fitness_args(fitness_args)
