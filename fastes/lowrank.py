@@ -32,9 +32,10 @@ import torch
 from torch.utils import _pytree as pytree
 
 from ._validate import positive_int
+from .es import resolve_noise
 from .noise import _as_rows, _fill_members
 from .prng import check_key, split
-from .tree import Raveler
+from .tree import Raveler, raveler
 
 __all__ = ["Leaf", "LowRankNoise", "leaf_layout"]
 
@@ -133,6 +134,23 @@ class LowRankNoise:
         self.layout, self.rank, self.base = layout, positive_int(rank, "rank"), base
         self.dim = sum(leaf.size for leaf in layout)
         self.max_row = max((self._row_len(leaf) for leaf in layout), default=1)
+
+    @classmethod
+    def for_params(
+        cls, params: Any, rank: int = 1, *, module=None, freeze=(), noise: Any = "auto"
+    ) -> LowRankNoise:
+        """The low-rank noise for ``params`` (see :func:`leaf_layout` for ``module`` and
+        ``freeze``), its normals from ``noise`` (``"auto"``, ``"table"``, ``"philox"``, ...,
+        resolved for the longest row it draws). Pass it as ``noise=`` to ``es_step`` or any
+        strategy to run it on materialised members::
+
+            noise = LowRankNoise.for_params(params, rank=2)
+            params = fastes.es_step(params, fitness_fn, key, noise=noise)
+        """
+        rav = raveler(params)
+        noise_ = cls(leaf_layout(params, rav, module, freeze), rank, None)
+        noise_.base = resolve_noise(noise, noise_.max_row, rav.device)
+        return noise_
 
     def _row_len(self, leaf: Leaf) -> int:
         """Normals drawn per row for a leaf: r·(m + n) for low-rank, its size for full."""

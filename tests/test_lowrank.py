@@ -299,3 +299,69 @@ def test_lowrank_linear_batching_rule_equals_one_member_at_a_time(bias, x_dim):
         bi = None if b is None else (b[i] if bias == "member" else b)
         want = xi @ W.T + (xi @ B[i]) @ A[i].T + (0 if bi is None else bi)
         torch.testing.assert_close(got[i], want, rtol=0, atol=TOL64)
+
+
+@pytest.mark.parametrize("entry", ["es_step", "openai_es", "pgpe"])
+def test_low_rank_noise_runs_behind_other_entry_points(entry):
+    # DESIGN §12: full-rank and low-rank are two noise families behind the same strategies.
+    # With 2 noise rows of rank 1 the update of a 20 × 30 weight has rank <= 2 (full-rank noise
+    # would move it in a full-rank direction); the 1-D leaf still moves.
+    p = {"w": torch.zeros(20, 30), "b": torch.zeros(5)}
+    noise = LowRankNoise.for_params(p, rank=1)
+    assert [leaf.kind for leaf in noise.layout] == ["lowrank", "full"]
+
+    def f(q):
+        return -((q["w"] - 0.3) ** 2).sum() - ((q["b"] + 0.2) ** 2).sum()
+
+    key = fastes.key(1)
+    if entry == "es_step":
+        out = fastes.es_step(
+            p, f, key, population_size=4, sigma=0.1, learning_rate=0.1, noise=noise
+        )
+    else:
+        # SGD: Adam's per-coordinate scaling would turn a low-rank gradient into a full-rank step
+        opt = dict(optimizer=fastes.optim.sgd(0.1)) if entry == "openai_es" else {}
+        s = make(entry, p, population_size=4, noise=noise, **opt)
+        out = s.params(s.step(s.init(p), f, key)[0])
+    assert int(torch.linalg.matrix_rank(out["w"])) <= 2 and out["w"].abs().sum() > 0
+    assert out["b"].abs().sum() > 0
+
+
+def _pendulum_policy():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    return fastes.rl.ModulePolicy(net, 3, discrete=False, low=-2.0, high=2.0)
+
+
+def test_module_policy_acts_the_same_for_a_population_and_its_materialised_members():
+    policy = _pendulum_policy()
+    p = policy.init()
+    s = make("eggroll", p, module=policy.module, rank=2, sigma=0.3, population_size=8)
+    st, key = s.init(p), fastes.key(0)
+    obs = torch.randn(8, 5, 3, generator=torch.Generator().manual_seed(1))
+    got = policy.act(s.ask_population(st, key), obs)
+    want = policy.act(s.ask(st, key), obs)  # stacked (8, ...) weights, vmap of functional_call
+    # float32 layers of width <= 16 on the same member weights: rounding ~1e-6 before tanh
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_env_task_trains_a_module_policy_in_population_mode_and_resumes(tmp_path):
+    policy = _pendulum_policy()
+    p = policy.init()
+    with pytest.raises(ValueError, match="pass policy=fastes.rl.ModulePolicy"):
+        fastes.rl.EnvTask("pendulum", mode="population")
+
+    def trainer(run_dir, gens):
+        task = fastes.rl.EnvTask("pendulum", policy, episodes=2, eval_episodes=2,
+                                 normalize_obs=True, mode="population")  # fmt: skip
+        s = make("eggroll", p, module=policy.module, sigma=0.3, population_size=8)
+        return fastes.Trainer(s, task, key=fastes.key(1), generations=gens, params=p,
+                              run_dir=run_dir, checkpoint_every=1, eval_every=2,
+                              progress=False)  # fmt: skip
+
+    full = trainer(tmp_path / "a", 4).run()
+    trainer(tmp_path / "b", 2).run()
+    resumed = trainer(tmp_path / "b", 4).run(resume=True)
+    for k in p:
+        assert torch.equal(full.params[k], resumed.params[k]), k
+    assert not torch.equal(full.params["2.weight"], p["2.weight"])

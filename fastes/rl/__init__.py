@@ -1,7 +1,8 @@
 """Reinforcement-learning helpers: policies, observation normalisation, tasks and the
 gymnasium adapter.
 
-* :class:`MLPPolicy` — linear / MLP policies (discrete or continuous) as params pytrees.
+* :class:`MLPPolicy` — linear / MLP policies (discrete or continuous) as params pytrees;
+  :class:`ModulePolicy` — any ``nn.Module`` (stacked params or a low-rank population).
 * ``fastes.rl.normalization`` — running observation mean/std (Salimans 2017, ARS V2); the
   module lives in the core as :mod:`fastes.normalization` (ARS uses it too).
 * :class:`EnvTask` — a population on fastes' torch-native envs, one batched program.
@@ -11,6 +12,7 @@ gymnasium adapter.
 
 from .. import normalization
 from ..normalization import RunningNorm, running_norm
+from .module_policy import ModulePolicy
 from .policies import MLPPolicy
 from .recurrent import GRUPolicy, LSTMPolicy
 from .tasks import EnvTask, FunctionTask
@@ -31,6 +33,7 @@ __all__ = [
     "LSTMPolicy",
     "GymTask",
     "MLPPolicy",
+    "ModulePolicy",
     "RunningNorm",
     "normalization",
     "running_norm",

@@ -11,9 +11,10 @@ import torch
 
 from .. import distributed, envs
 from .. import normalization as nz
-from .._validate import positive_int
+from .._validate import POPULATION, positive_int
 from ..tasks import FunctionTask
 from ..tree import tree_leaves, tree_map
+from .module_policy import ModulePolicy
 from .policies import MLPPolicy
 from .recurrent import make_policy
 
@@ -104,9 +105,10 @@ class EnvTask(RLTaskMixin):
         episodes: episodes per member per generation.
         normalize_obs: running observation normalisation (statistics frozen within a generation).
         eval_episodes: episodes of the unperturbed evaluation.
+        mode: ``"batched"`` (stacked members' params: every strategy) or ``"population"`` (a
+            :class:`fastes.population.Population`, for ``eggroll`` with a
+            :class:`fastes.rl.ModulePolicy`).
     """
-
-    mode = "batched"
 
     def __init__(
         self,
@@ -118,10 +120,19 @@ class EnvTask(RLTaskMixin):
         normalize_obs: bool = False,
         eval_episodes: int = 10,
         device=None,
+        mode: str = "batched",
     ):
         self.env = envs.get(env) if isinstance(env, str) else env
         if policy is None or isinstance(policy, str):
             policy = default_policy(self.env, hidden, policy or "mlp")
+        if mode not in ("batched", POPULATION):
+            raise ValueError(f"mode must be 'batched' or {POPULATION!r}; got {mode!r}")
+        if mode == POPULATION and not isinstance(policy, ModulePolicy):
+            raise ValueError(
+                "mode='population' runs an nn.Module for a low-rank population: pass "
+                f"policy=fastes.rl.ModulePolicy(module, ...); got {type(policy).__name__}"
+            )
+        self.mode = mode
         self._setup(policy, episodes, eval_episodes, normalize_obs)
         self.device = device
 
@@ -144,7 +155,7 @@ class EnvTask(RLTaskMixin):
 
     def fitness(self, params, key) -> torch.Tensor:
         """Mean return (M,) of M stacked members' policies over the generation's episodes."""
-        members = tree_leaves(params)[0].shape[0]
+        members = len(params) if self.mode == POPULATION else tree_leaves(params)[0].shape[0]
         out = self._rollout(params, key, members, self.episodes)
         self._observed(out.lengths, out.obs_stats)
         return out.returns.mean(-1).float()

@@ -28,12 +28,10 @@ from typing import Any
 import torch
 
 from .._validate import POPULATION, check_callable, check_fitness_args
-from ..es import resolve_noise
 from ..evaluate import _check_output
-from ..lowrank import LowRankNoise, leaf_layout
+from ..lowrank import LowRankNoise
 from ..population import Population, population_inputs
 from ..prng import check_key
-from ..tree import raveler
 from .base import Strategy
 from .open_es import OpenES, OpenESState
 
@@ -59,8 +57,6 @@ class EGGROLL(OpenES):
                 "eggroll exchanges fitness only under torch.distributed (every rank regenerates "
                 f"the factors, O(P·r·(m + n))); got exchange={kwargs['exchange']!r}"
             )
-        rav = raveler(params)
-        layout = leaf_layout(params, rav, module, freeze)
         if mode is None:
             mode = "vmap" if module is None else POPULATION
         if mode == POPULATION and module is None:
@@ -68,15 +64,15 @@ class EGGROLL(OpenES):
                 "mode='population' runs the module for every member: pass module= (the "
                 "nn.Module whose parameters params holds), or a one-member fitness mode"
             )
-        lowrank = LowRankNoise(layout, rank, None)
-        lowrank.base = resolve_noise(noise, lowrank.max_row, rav.device)
-        self.module, self.layout, self.rank = module, layout, lowrank.rank
+        lowrank = LowRankNoise.for_params(params, rank, module=module, freeze=freeze, noise=noise)
+        self.module, self.layout, self.rank = module, lowrank.layout, lowrank.rank
         super().__init__(params, population_size, mode=mode, noise=lowrank, **kwargs)
         self._frozen = None  # a (D,) mask when some leaves are frozen
-        for leaf in layout:
+        for leaf in self.layout:
             if leaf.kind == "frozen":
                 if self._frozen is None:
-                    self._frozen = torch.zeros(self.dim, dtype=torch.bool, device=rav.device)
+                    device = self.raveler.device
+                    self._frozen = torch.zeros(self.dim, dtype=torch.bool, device=device)
                 self._frozen[leaf.offset : leaf.offset + leaf.size] = True
 
     def _update(self, state, g) -> OpenESState:
