@@ -81,10 +81,14 @@ FLAGS: dict[str, dict[str, tuple[str, bool] | None]] = {
     "sep_cma_es": {"sigma": ("sigma", False), "lr": None},
     "ipop_cma_es": {"sigma": ("sigma", False), "lr": None},
     "cem": {"sigma": ("sigma", False), "lr": None},
+    # The CLI's policies are functional MLPs: eggroll perturbs their 2-D weights by rank-r
+    # matrices on materialised members (--set rank=R); the population forward needs an
+    # nn.Module (fastes.rl.ModulePolicy, Python API).
+    "eggroll": {"sigma": ("sigma", True), "lr": ("learning_rate", True)},
 }
 # Keywords the CLI sets itself (flags or the task); --set may not override them.
 _RESERVED = {"params", "population_size", "mode", "self", "sigma", "learning_rate",
-             "center_learning_rate", "mean_learning_rate"}  # fmt: skip
+             "center_learning_rate", "mean_learning_rate", "module"}  # fmt: skip
 _BASE_KNOBS = ("minimize", "objective_weights", "chunk_size", "noise")
 
 

@@ -251,3 +251,15 @@ def test_recurrent_policies_through_the_cli(kind, tmp_path, capsys):
     with pytest.raises(SystemExit, match="--policy must be one of"):
         main(["train", "cartpole", "--policy", "rnn", "--run-dir", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()
+
+
+def test_eggroll_runs_from_the_cli_with_low_rank_weights(tmp_path):
+    run = tmp_path / "e"
+    args = ["train", "cartpole", "--strategy", "eggroll", "--run-dir", str(run), "--hidden",
+            "8,8", "--set", "rank=2", *_SMALL]  # fmt: skip
+    assert main(args) == 0
+    config = json.loads((run / "config.json").read_text())
+    s = build(config)[1]
+    assert s.rank == 2 and [leaf.kind for leaf in s.layout].count("lowrank") == 3
+    with pytest.raises(SystemExit, match=r"--set \['module'\] are not settings of eggroll"):
+        main([*args[:5], str(tmp_path / "m"), *args[6:], "--set", "module=1"])
