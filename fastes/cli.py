@@ -44,10 +44,14 @@ def _trainer(config: dict, run_dir: str, progress: bool) -> Trainer:
 
 def _train(args) -> int:
     config = preset(args.task)
+    # A preset's strategy knobs hold for its own strategy; --set adds to / overrides them.
+    preset_args = config.pop("strategy_args", {})
     given = {k for k, v in vars(args).items() if k in config and v is not None}
+    if config["strategy"] != (args.strategy or config["strategy"]):
+        preset_args = {}
     config.update({k: getattr(args, k) for k in given})
     config.update(task=args.task, tensorboard=args.tensorboard, plot=args.plot,
-                  strategy_args=parse_set(args.set))  # fmt: skip
+                  strategy_args={**preset_args, **parse_set(args.set)})  # fmt: skip
     config = check_flags(config, given)
     run_dir = args.run_dir or os.path.join(
         "runs", f"{args.task.replace(':', '_')}-{config['seed']}"

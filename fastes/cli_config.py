@@ -52,6 +52,23 @@ PRESETS: dict[str, dict] = {
         eval_episodes=20,
         generations=1000,
     ),  # fmt: skip
+    # ARS V2-t on a linear policy with Mania et al. 2018's HalfCheetah settings (N = 32
+    # directions, b = 4, ν = 0.03, α = 0.02); the goal is their threshold, 3430, on 3 evaluations
+    # in a row (a policy that crossed it once still falls over on some episodes).
+    "gym:HalfCheetah-v5": dict(
+        strategy="ars",
+        strategy_args={"top_directions": 4},
+        hidden="",
+        population=64,
+        sigma=0.03,
+        lr=0.02,
+        episodes=1,
+        goal=3430.0,
+        goal_count=3,
+        eval_every=10,
+        eval_episodes=10,
+        generations=300,
+    ),  # fmt: skip
 }
 _GYM_DEFAULT = dict(hidden="32,32", sigma=0.05, lr=0.02, episodes=1, eval_every=10)
 

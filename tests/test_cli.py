@@ -263,3 +263,23 @@ def test_eggroll_runs_from_the_cli_with_low_rank_weights(tmp_path):
     assert s.rank == 2 and [leaf.kind for leaf in s.layout].count("lowrank") == 3
     with pytest.raises(SystemExit, match=r"--set \['module'\] are not settings of eggroll"):
         main([*args[:5], str(tmp_path / "m"), *args[6:], "--set", "module=1"])
+
+
+def test_a_preset_may_carry_strategy_knobs_for_its_own_strategy(tmp_path, monkeypatch):
+    from fastes import cli_config
+
+    cartpole = dict(strategy="ars", strategy_args={"top_directions": 3}, population=16)
+    monkeypatch.setitem(cli_config.PRESETS, "cartpole", cartpole)
+    small = [*_SMALL[:2], *_SMALL[4:]]  # without --population
+    assert main(["train", "cartpole", "--run-dir", str(tmp_path / "a"), *small]) == 0
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["strategy_args"] == {"top_directions": 3} and build(config)[1].top == 3
+    # --set overrides the preset's knob; another --strategy does not inherit it
+    args = ["train", "cartpole", "--run-dir", str(tmp_path / "b"), "--set", "top_directions=5"]
+    assert main([*args, *small]) == 0
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["strategy_args"] == {
+        "top_directions": 5
+    }
+    args = ["train", "cartpole", "--run-dir", str(tmp_path / "c"), "--strategy", "openai_es"]
+    assert main([*args, *small]) == 0
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["strategy_args"] == {}
