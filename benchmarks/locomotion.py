@@ -1,6 +1,6 @@
 """MuJoCo locomotion through the CLI presets, against the published ARS threshold.
 
-    python benchmarks/mujoco.py --out benchmarks/results/mujoco_cpu.json
+    python benchmarks/locomotion.py --out benchmarks/results/locomotion_cpu.json
 
 For each seed: ``fastes train gym:HalfCheetah-v5 --workers 2 --seed S --plot`` with the preset
 (ARS V2-t, linear policy, Mania et al. 2018's HalfCheetah settings; the run stops once the
