@@ -105,7 +105,7 @@ def leaf_layout(
         mod_name, mod, attr = owners[name]
         lowrank = attr == "weight" and len(shape) == 2
         if module is not None:  # a layer fastes can correct, and its own weight (not tied)
-            lowrank = lowrank and isinstance(mod, _LOWRANK_MODULES) and mod_name not in inside_mha
+            lowrank = lowrank and _rewritable(mod) and mod_name not in inside_mha
             lowrank = lowrank and users[id(getattr(mod, attr))] == 1
         if isinstance(mod, torch.nn.Embedding) and mod.max_norm is not None:
             lowrank = False  # max_norm renormalises rows in place: members would not be θ + σE
@@ -117,7 +117,14 @@ def leaf_layout(
     return tuple(layout)
 
 
-_LOWRANK_MODULES = (torch.nn.Linear, torch.nn.Embedding)
+def _rewritable(mod) -> bool:
+    """An ``nn.Linear`` / ``nn.Embedding`` whose forward is the class's own: the population
+    forward replaces (Linear) or extends (Embedding) exactly that computation, so a subclass
+    with a forward of its own gets full-rank noise instead."""
+    return any(
+        isinstance(mod, cls) and type(mod).forward is cls.forward
+        for cls in (torch.nn.Linear, torch.nn.Embedding)
+    )
 
 
 class LowRankNoise:

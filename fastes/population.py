@@ -10,6 +10,8 @@ activations and attention vectorize as usual, and two layer types are rewritten:
   P·B rows accumulating into C (BLAS's β = 1). The output is written about as often as by plain
   inference's ``addmm`` (bias copy + GEMM); the correction adds O(P·B·r·(m + n)) flops to the
   GEMM's P·B·m·n.
+  Layers with small outputs (P·rows·m ≤ 2^18) use plain ops under vmap's own rules instead:
+  the custom rule's dispatch would cost more than they do.
 * ``nn.Embedding`` adds (σ/√r)·A_i[token] B_iᵀ to its output (a forward hook).
 
 Contract for the user's fitness: ``population(*inputs)`` behaves like ``module(*inputs)`` with a

@@ -365,3 +365,23 @@ def test_env_task_trains_a_module_policy_in_population_mode_and_resumes(tmp_path
     for k in p:
         assert torch.equal(full.params[k], resumed.params[k]), k
     assert not torch.equal(full.params["2.weight"], p["2.weight"])
+
+
+def test_a_linear_subclass_with_its_own_forward_gets_full_rank_noise():
+    class Scaled(torch.nn.Linear):
+        def forward(self, x):  # not nn.Linear's computation: the population must not replace it
+            return 2 * super().forward(x)
+
+    net = torch.nn.Sequential(Scaled(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+    p = _params(net)
+    assert [leaf.kind for leaf in leaf_layout(p, raveler(p), net)] == [
+        "full",
+        "full",
+        "lowrank",
+        "full",
+    ]
+    s = make("eggroll", p, module=net, rank=1, sigma=0.2, population_size=4)
+    st, key = s.init(p), fastes.key(0)
+    x = torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ref = torch.stack([functional_call(net, m, (x,)) for m in _explicit_members(s, st, key, 4)])
+    torch.testing.assert_close(s.ask_population(st, key)(x), ref, rtol=0, atol=TOL64)
