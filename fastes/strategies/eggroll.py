@@ -86,7 +86,7 @@ class EGGROLL(OpenES):
         slice with ``local=True``), for users' own loops: evaluate it, then ``tell``."""
         check_key(key)
         lo, hi = self.local_members(state) if local else (0, self.population(state))
-        drawn = self.noise.draw(key, self._ids(0, self.population_size // 2))
+        drawn = self._draw(key)
         return self._population(state, drawn, lo, hi)
 
     def _population(self, state, drawn, lo: int, hi: int) -> Population:
@@ -108,7 +108,7 @@ class EGGROLL(OpenES):
         check_key(key)
         check_callable(fitness_fn, "fitness_fn")
         fitness_args = check_fitness_args(fitness_args)
-        drawn = self.noise.draw(key, self._ids(0, self.population_size // 2))
+        drawn = self._draw(key)
         lo, hi = self.local_members(state)
         chunk = self.chunk_size or (hi - lo) or 1
         chunk += chunk % 2  # whole antithetic pairs
@@ -121,9 +121,12 @@ class EGGROLL(OpenES):
         new_state, w = self._tell_drawn(state, drawn, fitness)
         return new_state, self._stats(fitness, w)
 
+    def _draw(self, key: torch.Tensor) -> list:
+        """This generation's factors, rows 0..P/2−1 (one per antithetic pair)."""
+        return self.noise.draw(key, self._ids(0, self.population_size // 2))
+
     def _tell(self, state, key, fitness):
-        drawn = self.noise.draw(key, self._ids(0, self.population_size // 2))
-        return self._tell_drawn(state, drawn, fitness)
+        return self._tell_drawn(state, self._draw(key), fitness)
 
     def _tell_drawn(self, state, drawn, fitness):
         """The update from this generation's factors: ĝ = 1/(Pσ) Σ_i w_i ε_i, one GEMM per
