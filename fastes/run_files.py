@@ -15,8 +15,8 @@ import torch.utils._pytree as pytree
 
 from ._io import atomic_write
 
-__all__ = ["FORMAT", "CheckpointError", "load_checkpoint", "plot_history", "summary_writer",
-           "unflatten_like", "write_csv"]  # fmt: skip
+__all__ = ["FORMAT", "CheckpointError", "add_gif", "load_checkpoint", "plot_history",
+           "summary_writer", "unflatten_like", "write_csv"]  # fmt: skip
 
 FORMAT = 1  # the checkpoint layout written by Trainer.checkpoint()
 
@@ -130,6 +130,17 @@ def plot_history(history: list[dict], path: str) -> None:
     fig.tight_layout()
     atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
     plt.close(fig)
+
+
+def add_gif(writer, tag: str, gif: bytes, shape: tuple, step: int) -> None:
+    """Log an animated GIF (frames of ``shape`` (H, W, 3)) to TensorBoard's image tab: the
+    summary ``SummaryWriter.add_video`` writes, without its moviepy encoder."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    h, w = int(shape[0]), int(shape[1])
+    image = Summary.Image(height=h, width=w, colorspace=3, encoded_image_string=gif)
+    summary = Summary(value=[Summary.Value(tag=tag, image=image)])
+    writer._get_file_writer().add_summary(summary, step)  # as add_video does, after encoding
 
 
 def summary_writer(logdir: str, purge_step: int) -> Callable:

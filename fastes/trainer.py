@@ -44,10 +44,12 @@ from torch.utils import _pytree as pytree
 from . import distributed
 from ._io import atomic_write
 from ._validate import positive_int
+from .noise import philox_uint32_rows
 from .prng import check_key, fold_in, split
 from .run_files import (
     FORMAT,
     CheckpointError,
+    add_gif,
     load_checkpoint,
     plot_history,
     unflatten_like,
@@ -87,6 +89,10 @@ class Trainer:
         check_every: under torch.distributed, generations between checks that every rank holds
             the same strategy state (a mismatch raises, naming the ranks).
         csv, tensorboard, plot: history.csv, TensorBoard events, curve.png in ``run_dir``.
+        video_every: every this many evaluations, film one episode of the unperturbed params
+            and log it to TensorBoard as an animated GIF (tag ``clip``); needs
+            ``tensorboard=True``, ``run_dir`` and a task with ``record(params, seeds)`` (the RL
+            tasks, gymnasium ``rgb_array`` rendering; imageio). 0: never.
         progress: a tqdm progress bar (printed lines when tqdm is missing; False: silent).
         config: a JSON-able dict stored in checkpoints (the CLI rebuilds runs from it).
     """
@@ -110,6 +116,7 @@ class Trainer:
         plot: bool = False,
         progress: bool = True,
         config: dict | None = None,
+        video_every: int = 0,
     ):
         if not isinstance(strategy, Strategy):
             raise TypeError(f"strategy must be a fastes Strategy; got {type(strategy).__name__}")
@@ -139,6 +146,18 @@ class Trainer:
         # Under torch.distributed every rank trains; rank 0 alone writes files and prints.
         self._main = distributed.is_main()
         self.csv, self.tensorboard, self.plot = csv, tensorboard, plot
+        positive_int(video_every, "video_every", 0)
+        if video_every and not (tensorboard and run_dir is not None):
+            raise ValueError(
+                "video_every logs clips to TensorBoard: it needs tensorboard=True "
+                f"and a run_dir; got tensorboard={tensorboard}, run_dir={run_dir}"
+            )
+        if video_every and not callable(getattr(self.task, "record", None)):
+            raise ValueError(
+                "video_every needs a task that films episodes (record(params, "
+                f"seeds), as the RL tasks do); {type(self.task).__name__} has none"
+            )
+        self.video_every = video_every
         self.progress = progress and self._main
         self.config = dict(config or {})
         gen_key, init_key = split(key)
@@ -205,6 +224,8 @@ class Trainer:
             if evaluate is not None and self.eval_every and (g + 1) % self.eval_every == 0:
                 record.update(evaluate(self.strategy.params(self.state), eval_key))
                 score = record["score"]
+                if self.video_every and ((g + 1) // self.eval_every) % self.video_every == 0:
+                    self._clip(g, eval_key)
             scored = evaluate is None or "score" in record
             if scored:
                 self._score(score)
@@ -382,11 +403,26 @@ class Trainer:
             extra = f", score {record['score']:.4g}" if "score" in record else ""
             print(f"gen {record['generation']}: fitness {record['fitness_mean']:.4g}{extra}")
         if self.tensorboard and self.run_dir is not None and self._main:
-            if self._writer is None:
-                self._writer = _summary_writer(self._path("tb"), purge_step=record["generation"])
+            writer = self._tb(record["generation"])
             for k, v in record.items():
                 if k != "generation" and isinstance(v, int | float):
-                    self._writer.add_scalar(k, v, record["generation"])
+                    writer.add_scalar(k, v, record["generation"])
+
+    def _tb(self, step: int):
+        """The run's TensorBoard writer (opened at ``step`` on first use)."""
+        if self._writer is None:
+            self._writer = _summary_writer(self._path("tb"), purge_step=step)
+        return self._writer
+
+    def _clip(self, g: int, eval_key: torch.Tensor) -> None:
+        """One episode of the unperturbed params (the evaluation's first seed), as a GIF."""
+        if not self._main:
+            return
+        from .rl.video import encode_gif
+
+        seed = philox_uint32_rows(eval_key, [0], 1)[0].tolist()
+        frames = self.task.record(self.strategy.params(self.state), seed)[0]
+        add_gif(self._tb(g), "clip", encode_gif(frames), frames[0].shape, g)
 
     def _finish(self, bar, seconds: float) -> None:
         if bar is not None:

@@ -258,3 +258,29 @@ def test_damaged_checkpoints_name_the_file_and_change_nothing(tmp_path, damage, 
     assert path.read_bytes() == before
     with pytest.raises(fastes.trainer.CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_trainer_logs_a_clip_of_the_agent_to_tensorboard(tmp_path):
+    pytest.importorskip("imageio")
+    pytest.importorskip("tensorboard")
+    import io
+
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    task = fastes.rl.EnvTask("cartpole", hidden=(4,), episodes=1, eval_episodes=1)
+    params = task.init_params(fastes.key(1))
+    s = fastes.strategies.make("openai_es", params, population_size=8, mode=task.mode)
+    with pytest.raises(ValueError, match="video_every logs clips to TensorBoard"):
+        fastes.Trainer(s, task, key=fastes.key(0), generations=2, video_every=1)
+    trainer = fastes.Trainer(s, task, key=fastes.key(0), generations=4, params=params,
+                             run_dir=tmp_path, tensorboard=True, eval_every=1, video_every=2,
+                             progress=False)  # fmt: skip
+    trainer.run()
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    clips = events.Images("clip")
+    assert [c.step for c in clips] == [1, 3]  # evaluations 2 and 4 (every second one)
+    gif = Image.open(io.BytesIO(clips[0].encoded_image_string))
+    assert gif.format == "GIF" and gif.n_frames >= 2
+    assert (gif.width, gif.height) == (clips[0].width, clips[0].height)

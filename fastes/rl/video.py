@@ -11,6 +11,7 @@ own env of the same id (``fastes.envs.cartpole.GYM_ID``, ...).
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -19,7 +20,7 @@ from .._io import atomic_write
 from .gym import run_episodes
 from .policies import MLPPolicy
 
-__all__ = ["record", "write_video"]
+__all__ = ["encode_gif", "record", "write_video"]
 
 
 def record(env_id: str, policy: MLPPolicy, params, norm, seeds, env_kwargs: dict | None = None):
@@ -33,6 +34,23 @@ def record(env_id: str, policy: MLPPolicy, params, norm, seeds, env_kwargs: dict
     return frames, returns, lengths
 
 
+def _imageio():
+    try:
+        import imageio.v2 as imageio
+    except ImportError:
+        raise ImportError('videos need imageio: pip install "fastes[video]"') from None
+    return imageio
+
+
+def encode_gif(frames: list, fps: int = 30) -> bytes:
+    """``frames`` as an animated GIF (looping), in memory."""
+    if not frames:
+        raise ValueError("frames is empty: nothing to write")
+    buf = io.BytesIO()
+    _imageio().mimsave(buf, frames, format="GIF", duration=1000 / fps, loop=0)
+    return buf.getvalue()
+
+
 def write_video(path: str | os.PathLike, frames: list, fps: int = 30) -> None:
     """Write ``frames`` to ``path`` (``.gif`` or ``.mp4``), atomically."""
     path = os.fspath(path)
@@ -41,13 +59,11 @@ def write_video(path: str | os.PathLike, frames: list, fps: int = 30) -> None:
         raise ValueError(f"path must end in .gif or .mp4; got {path!r}")
     if not frames:
         raise ValueError("frames is empty: nothing to write")
-    try:
-        import imageio.v2 as imageio
-    except ImportError:
-        raise ImportError('videos need imageio: pip install "fastes[video]"') from None
     if ext == ".gif":
-        write = lambda fh: imageio.mimsave(fh, frames, format="GIF", duration=1000 / fps, loop=0)
+        gif = encode_gif(frames, fps)
+        write = lambda fh: fh.write(gif)  # noqa: E731
     else:
+        imageio = _imageio()
         try:
             import imageio_ffmpeg  # noqa: F401
         except ImportError:
