@@ -39,6 +39,7 @@ def _trainer(config: dict, run_dir: str, progress: bool) -> Trainer:
         eval_every=config["eval_every"], run_dir=run_dir,
         checkpoint_every=config["checkpoint_every"], tensorboard=config.get("tensorboard", False),
         plot=config.get("plot", False), progress=progress, config=config,
+        video_every=config.get("video_every", 0),  # runs from before the flag have none
     )  # fmt: skip
 
 
@@ -53,6 +54,8 @@ def _train(args) -> int:
     config.update(task=args.task, tensorboard=args.tensorboard, plot=args.plot,
                   strategy_args={**preset_args, **parse_set(args.set)})  # fmt: skip
     config = check_flags(config, given)
+    if config["video_every"] and not config["tensorboard"]:
+        raise SystemExit("--video-every logs clips to TensorBoard: add --tensorboard")
     run_dir = args.run_dir or os.path.join(
         "runs", f"{args.task.replace(':', '_')}-{config['seed']}"
     )
@@ -215,7 +218,7 @@ def parser() -> argparse.ArgumentParser:
         ("sigma-decay", float), ("lr-decay", float), ("hidden", str), ("episodes", int),
         ("optimizer", str), ("policy", str),
         ("goal", float), ("goal-count", int), ("eval-every", int), ("eval-episodes", int),
-        ("workers", int), ("seed", int), ("checkpoint-every", int),
+        ("workers", int), ("seed", int), ("checkpoint-every", int), ("video-every", int),
     ):  # fmt: skip
         t.add_argument(f"--{name}", type=typ)
     t.add_argument("--normalize-obs", action=argparse.BooleanOptionalAction, default=None)

@@ -21,6 +21,7 @@ _COMMON = dict(
     lr_decay=1.0, optimizer=None, policy="mlp", hidden="16", episodes=4, normalize_obs=True,
     goal=None,
     goal_count=3, eval_every=5, eval_episodes=10, workers=None, seed=0, checkpoint_every=None,
+    video_every=0,
 )  # fmt: skip
 
 # Settings per built-in task: a starting point (measured results in the README), not a law.

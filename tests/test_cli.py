@@ -283,3 +283,18 @@ def test_a_preset_may_carry_strategy_knobs_for_its_own_strategy(tmp_path, monkey
     args = ["train", "cartpole", "--run-dir", str(tmp_path / "c"), "--strategy", "openai_es"]
     assert main([*args, *small]) == 0
     assert json.loads((tmp_path / "c" / "config.json").read_text())["strategy_args"] == {}
+
+
+def test_video_every_logs_clips_through_the_cli(tmp_path):
+    pytest.importorskip("imageio")
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "v"
+    args = ["train", "cartpole", "--run-dir", str(run), "--eval-every", "1", "--video-every", "1"]
+    with pytest.raises(SystemExit, match="add --tensorboard"):
+        main([*args, *_SMALL])
+    assert main([*args, "--tensorboard", *_SMALL]) == 0
+    events = EventAccumulator(str(run / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert [c.step for c in events.Images("clip")] == [0]
