@@ -21,27 +21,17 @@ import triton
 import triton.language as tl
 
 from .noise import _direct
-from .philox import TWO_PI_M24, TWO_POW_M24, load_seed
+from .philox import box_muller, load_seed, philox_blocks
 
 
 @triton.jit
 def _normal_at(seed, row, e):
     """The Philox normal at element indices ``e`` (any shape, int64) of noise row ``row``."""
-    b = e // 4
     lane = e % 4
-    c0 = (b & 0xFFFFFFFF).to(tl.uint32)
-    c1 = (b >> 32).to(tl.uint32)
-    zero = tl.zeros_like(c0)
-    c2 = zero + (row & 0xFFFFFFFF).to(tl.uint32)
-    c3 = zero + (row >> 32).to(tl.uint32)
-    x0, x1, x2, x3 = tl.philox(seed, c0, c1, c2, c3)
+    x0, x1, x2, x3 = philox_blocks(seed, row, e // 4)
     hi = lane >= 2  # lanes 2, 3 come from (x2, x3)
-    xu = tl.where(hi, x2, x0)
-    xv = tl.where(hi, x3, x1)
-    u = ((xu >> 8) + 1).to(tl.float32) * TWO_POW_M24
-    v = (xv >> 8).to(tl.float32) * TWO_PI_M24
-    r = tl.sqrt(tl.log(u) * -2.0)
-    return tl.where(lane % 2 == 0, r * tl.cos(v), r * tl.sin(v))
+    n_cos, n_sin = box_muller(tl.where(hi, x2, x0), tl.where(hi, x3, x1))
+    return tl.where(lane % 2 == 0, n_cos, n_sin)
 
 
 @triton.jit

@@ -29,7 +29,7 @@ def load_seed(key_ptr):
 
 
 @triton.jit
-def _box_muller(xu, xv):
+def box_muller(xu, xv):
     u = ((xu >> 8) + 1).to(tl.float32) * TWO_POW_M24  # (0, 1]
     v = (xv >> 8).to(tl.float32) * TWO_PI_M24  # [0, 2π)
     r = tl.sqrt(tl.log(u) * -2.0)
@@ -37,9 +37,10 @@ def _box_muller(xu, xv):
 
 
 @triton.jit
-def philox_tile(seed, row, tile, BLOCK: tl.constexpr):
-    """Philox words x0..x3 for the BLOCK/4 counters of elements [tile·BLOCK, (tile+1)·BLOCK)."""
-    b = tile.to(tl.int64) * (BLOCK // 4) + tl.arange(0, BLOCK // 4).to(tl.int64)
+def philox_blocks(seed, row, b):
+    """Philox words x0..x3 at blocks ``b`` (int64, any shape) of noise row ``row`` (a scalar or
+    a tensor broadcasting against ``b``): counter (b mod 2^32, b div 2^32, row mod 2^32, row div
+    2^32)."""
     c0 = (b & 0xFFFFFFFF).to(tl.uint32)
     c1 = (b >> 32).to(tl.uint32)
     zero = tl.zeros_like(c0)
@@ -47,6 +48,13 @@ def philox_tile(seed, row, tile, BLOCK: tl.constexpr):
     c2 = zero + (row & 0xFFFFFFFF).to(tl.uint32)
     c3 = zero + (row >> 32).to(tl.uint32)
     return tl.philox(seed, c0, c1, c2, c3)
+
+
+@triton.jit
+def philox_tile(seed, row, tile, BLOCK: tl.constexpr):
+    """Philox words x0..x3 for the BLOCK/4 counters of elements [tile·BLOCK, (tile+1)·BLOCK)."""
+    b = tile.to(tl.int64) * (BLOCK // 4) + tl.arange(0, BLOCK // 4).to(tl.int64)
+    return philox_blocks(seed, row, b)
 
 
 @triton.jit
@@ -59,6 +67,6 @@ def interleave4(a, b, c, d):
 def normal_tile(seed, row, tile, BLOCK: tl.constexpr):
     """Normals for elements [tile·BLOCK, (tile+1)·BLOCK) of noise row ``row``: (BLOCK,) fp32."""
     x0, x1, x2, x3 = philox_tile(seed, row, tile, BLOCK)
-    n0, n1 = _box_muller(x0, x1)
-    n2, n3 = _box_muller(x2, x3)
+    n0, n1 = box_muller(x0, x1)
+    n2, n3 = box_muller(x2, x3)
     return interleave4(n0, n1, n2, n3)
