@@ -222,10 +222,11 @@ class Trainer:
             # On a fixed schedule only (not "also at the last generation"): a run stopped at
             # generation N and resumed must evaluate exactly when an uninterrupted run does.
             if evaluate is not None and self.eval_every and (g + 1) % self.eval_every == 0:
-                record.update(evaluate(self.strategy.params(self.state), eval_key))
+                params = self.strategy.params(self.state)
+                record.update(evaluate(params, eval_key))
                 score = record["score"]
                 if self.video_every and ((g + 1) // self.eval_every) % self.video_every == 0:
-                    self._clip(g, eval_key)
+                    self._clip(g, params, eval_key)
             scored = evaluate is None or "score" in record
             if scored:
                 self._score(score)
@@ -414,14 +415,14 @@ class Trainer:
             self._writer = _summary_writer(self._path("tb"), purge_step=step)
         return self._writer
 
-    def _clip(self, g: int, eval_key: torch.Tensor) -> None:
-        """One episode of the unperturbed params (the evaluation's first seed), as a GIF."""
+    def _clip(self, g: int, params: Any, eval_key: torch.Tensor) -> None:
+        """One episode of the evaluated params (the evaluation's first seed), as a GIF."""
         if not self._main:
             return
         from .rl.video import encode_gif
 
         seed = philox_uint32_rows(eval_key, [0], 1)[0].tolist()
-        frames = self.task.record(self.strategy.params(self.state), seed)[0]
+        frames = self.task.record(params, seed)[0]
         add_gif(self._tb(g), "clip", encode_gif(frames), frames[0].shape, g)
 
     def _finish(self, bar, seconds: float) -> None:
