@@ -36,6 +36,28 @@ def philox_numpy(c, k, rounds=10):
 
 
 @pytest.fixture
+def smoke_run():
+    """``run(script)``: ``benchmarks/<script> --smoke`` in a fresh process — tiny sizes through
+    the Triton interpreter on CPU (real kernels on a GPU) — asserting it exits 0; its stdout."""
+    import pathlib
+    import subprocess
+    import sys
+
+    def run(script: str) -> str:
+        path = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / script
+        env = dict(os.environ)
+        if not torch.cuda.is_available():
+            env["TRITON_INTERPRET"] = "1"
+        out = subprocess.run(
+            [sys.executable, str(path), "--smoke"], capture_output=True, text=True, env=env
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    return run
+
+
+@pytest.fixture
 def oracle():
     return philox_numpy
 

@@ -156,17 +156,7 @@ def test_dispatch_picks_reference_off_cuda_and_when_forced(monkeypatch):
     assert not _dispatch.force_reference()
 
 
-def test_gpu_benchmark_script_runs_end_to_end_in_smoke_mode():
-    # Tiny sizes through the interpreter on CPU (or real kernels on a GPU): checks the script's
-    # code path, not its figures.
-    import pathlib
-    import subprocess
-    import sys
-
-    script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "bench_kernels.py"
-    env = {**os.environ, "TRITON_INTERPRET": "1"} if DEVICE == "cpu" else dict(os.environ)
-    out = subprocess.run(
-        [sys.executable, str(script), "--smoke"], capture_output=True, text=True, env=env
-    )
-    assert out.returncode == 0, out.stderr
-    assert "reduce P=" in out.stdout and "es_step sphere" in out.stdout
+def test_gpu_benchmark_script_runs_end_to_end_in_smoke_mode(smoke_run):
+    # Checks the script's code path, not its figures.
+    out = smoke_run("bench_kernels.py")
+    assert "reduce P=" in out and "es_step sphere" in out
