@@ -144,7 +144,10 @@ def _zeros_f32(params: Any) -> Any:
 
 
 def _global_norm(tree: Any) -> torch.Tensor:
-    return torch.sqrt(sum((leaf.float() ** 2).sum() for leaf in tree_leaves(tree)))
+    leaves = tree_leaves(tree)
+    if len(leaves) == 1:  # the same value as the sum below (0 + s is s for a sum of squares)
+        return torch.sqrt((leaves[0].float() ** 2).sum())
+    return torch.sqrt(sum((leaf.float() ** 2).sum() for leaf in leaves))
 
 
 def sgd(learning_rate) -> GradientTransformation:

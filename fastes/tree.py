@@ -23,6 +23,8 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def tree_leaves(tree: Any) -> list:
     """The leaves of ``tree`` in flattening order."""
+    if isinstance(tree, torch.Tensor):  # a single leaf (a strategy's flat state): no pytree walk
+        return [tree]
     return pytree.tree_leaves(tree)
 
 
@@ -62,7 +64,8 @@ class Raveler(NamedTuple):
         return self._cut(flat, (flat.shape[0],))
 
     def _cut(self, flat: torch.Tensor, batch: tuple[int, ...]) -> Any:
-        parts = torch.split(flat, self.sizes, dim=-1)
+        # One leaf (a flat problem): the whole vector, as split's single part would view it
+        parts = (flat,) if len(self.sizes) == 1 else torch.split(flat, self.sizes, dim=-1)
         leaves = [
             p.reshape((*batch, *shape)).to(dtype)
             for p, shape, dtype in zip(parts, self.shapes, self.dtypes)

@@ -92,3 +92,51 @@ def test_one_objective_fast_path_equals_the_general_path_bit_for_bit(method):
         fast, stats = shape_fitness(f, method)
         general, _ = shape_fitness(f[:, None], method, objective_weights=[1.0])
         assert torch.equal(fast, general) and stats == (0, 0)
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+# Values that exercise every branch of the small-population shortcuts: ties, ±0, ±inf, NaN.
+_VALUES = st.sampled_from([0.0, -0.0, 1.0, -1.5, 2.5, 1e30, math.inf, -math.inf, math.nan])
+_FITNESS = st.lists(st.one_of(_VALUES, st.floats(-10, 10)), min_size=2, max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=_FITNESS, method=st.sampled_from(METHODS), minimize=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.float64]))  # fmt: skip
+def test_small_population_shortcuts_equal_the_general_path(values, method, minimize, dtype):
+    # P <= 256 shapes on Python floats (a NaN, an inf or a tie falls back); the general path is
+    # forced by explicit objective weights [1.0]. Same bits, same dtype, or the same error.
+    f = torch.tensor(values, dtype=dtype)
+    try:
+        general, g_stats = shape_fitness(f[:, None], method, objective_weights=[1.0],
+                                         minimize=minimize)  # fmt: skip
+    except ValueError:
+        with pytest.raises(ValueError):
+            shape_fitness(f, method, minimize=minimize)
+        return
+    fast, stats = shape_fitness(f, method, minimize=minimize)
+    assert fast.dtype == general.dtype and torch.equal(fast, general) and stats == g_stats
+    assert fast.data_ptr() != f.data_ptr()  # never the caller's tensor
+
+
+@settings(max_examples=100, deadline=None)
+@given(values=_FITNESS, minimize=st.booleans())
+def test_small_population_order_equals_the_stable_argsort(values, minimize):
+    # Strategies order members best first (NaN last, ties by index); P <= 256 sorts on Python
+    # floats. The reference: the tensor path of the same method, forced past the shortcut.
+    from fastes.strategies import base, make
+
+    s = make("cma_es", {"x": torch.zeros(3)}, population_size=len(values), minimize=minimize)
+    f = torch.tensor(values)
+    if torch.isnan(f).all():
+        return
+    fast = s._order(f)
+    old, base._SMALL_ORDER = base._SMALL_ORDER, 0
+    try:
+        reference = s._order(f)
+    finally:
+        base._SMALL_ORDER = old
+    assert torch.equal(fast, reference)

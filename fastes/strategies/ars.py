@@ -95,11 +95,12 @@ class ARS(Strategy):
         sigma_r = torch.cat([r_plus[top], r_minus[top]]).std(unbiased=False)
         t = int(state.generation)
         lr = 1.0 if self.optimizer is not None else self.learning_rate(t)
-        step = torch.zeros(self.population_size, dtype=torch.float32, device=r.device)
-        if float(sigma_r) > 0:  # all selected rewards equal: no information, no step
-            coef = lr / (self.top * float(sigma_r))
-            step[2 * top] = coef * (r_plus[top] - r_minus[top]).float() / 2
-            step[2 * top + 1] = -step[2 * top]
+        half = torch.zeros(self.population_size // 2, dtype=torch.float32, device=r.device)
+        sigma_r = float(sigma_r)
+        if sigma_r > 0:  # all selected rewards equal: no information, no step
+            coef = lr / (self.top * sigma_r)
+            half[top] = coef * (r_plus[top] - r_minus[top]).float() / 2
+        step = torch.stack([half, -half], 1).reshape(-1)  # member 2j: +, member 2j + 1: −
         # Σ_top (r⁺ − r⁻) δ_j via the antithetic fold of ±(r⁺ − r⁻)/2 weights.
         direction = self._z_weighted_sum(key, step).to(state.mean.dtype)
         opt_state = state.opt_state

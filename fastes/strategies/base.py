@@ -28,6 +28,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils import _pytree as pytree
 
@@ -49,6 +50,9 @@ from ..tree import raveler
 __all__ = ["Strategy"]
 
 _MEMO_ELEMENTS = 2**18  # float32 noise rows kept from one generation's members to its tell
+# Up to this P one objective's order is sorted on Python floats (measured at P = 10: ~4 µs
+# against ~20 µs of tensor ops and host reads).
+_SMALL_ORDER = 256
 
 
 class Strategy:
@@ -188,14 +192,15 @@ class Strategy:
         """Standard-normal z for member ids (m, D), float32; antithetic pairs share rows (±)."""
         if not self.antithetic:
             return self._noise_rows(key, ids)
-        sign = (1 - 2 * (ids % 2)).to(torch.float32)[:, None]
         n = ids.numel()
         if (
             n % 2 == 0
             and n * self.dim <= 2 * _MEMO_ELEMENTS
             and torch.equal(ids, torch.arange(n, device=ids.device))
-        ):  # a whole generation: rows 0..n/2−1, each for a pair (kept for tell)
-            return self._noise_rows(key, ids[: n // 2]).repeat_interleave(2, 0) * sign
+        ):  # a whole generation: rows 0..n/2−1, each for a pair (kept for tell); z, −z
+            rows = self._noise_rows(key, ids[: n // 2])
+            return torch.stack([rows, -rows], 1).reshape(n, self.dim)
+        sign = (1 - 2 * (ids % 2)).to(torch.float32)[:, None]
         return self._noise_rows(key, ids // 2) * sign
 
     def _kept(self, key: torch.Tensor) -> torch.Tensor | None:
@@ -275,6 +280,12 @@ class Strategy:
     def _order_runs(self, f: torch.Tensor) -> torch.Tensor:
         """Order of one objective along the last dim: (P,) for one run, (R, P) for R runs."""
         f = f if f.is_floating_point() else f.float()
+        if f.ndim == 1 and f.numel() <= _SMALL_ORDER and f.device.type == "cpu":
+            if not torch.compiler.is_compiling():  # Python's stable sort: the same order
+                v = f.tolist() if self.minimize else [-x for x in f.tolist()]
+                if not any(x != x for x in v):  # no NaN (NaN compares unequal to itself)
+                    order = sorted(range(len(v)), key=v.__getitem__)
+                    return torch.from_numpy(np.array(order, dtype=np.int64))
         nan = torch.isnan(f)
         if not torch.compiler.is_compiling() and bool(nan.all(-1).any()):
             raise ValueError(
