@@ -14,6 +14,11 @@ compilation:
 * R = 64 CMA-ES runs at D = 10 advanced together (``fastes.strategies.BatchedRuns``) against
   the same 64 runs one after another.
 
+Every runner restarts from x = 1 before each repetition (outside the timer): a run left going
+for the whole measurement (~1,500 generations) reaches float32 fitness that underflows to 0 for
+every member, and a generation of tied fitness is not the fixed cost this measures (fastes SNES
+at D = 10 went 0.32 -> 0.49 ms per generation that way, its shaping taking the tie path).
+
     python benchmarks/small_dim.py --out benchmarks/results/small_dim_cpu.json
     python benchmarks/small_dim.py --quick          # fewer repetitions
 """
@@ -49,9 +54,13 @@ def sphere_t(p):
 
 class Fastes:
     def __init__(self, name, D, P, **kw):
-        p0 = {"x": torch.full((D,), 1.0)}
-        self.s = make(name, p0, population_size=P, minimize=True, mode="batched", **kw)
-        self.state, self.g, self.key = self.s.init(p0), 0, fastes.key(0)
+        self.p0 = {"x": torch.full((D,), 1.0)}
+        self.s = make(name, self.p0, population_size=P, minimize=True, mode="batched", **kw)
+        self.g, self.key = 0, fastes.key(0)
+        self.reset()
+
+    def reset(self):
+        self.state = self.s.init(self.p0)
 
     def step(self):
         self.state, _ = self.s.step(self.state, sphere_t, fastes.fold_in(self.key, self.g))
@@ -60,7 +69,11 @@ class Fastes:
 
 class EsStep:
     def __init__(self, D, P):
-        self.p, self.g, self.key, self.P = {"x": torch.full((D,), 1.0)}, 0, fastes.key(0), P
+        self.D, self.g, self.key, self.P = D, 0, fastes.key(0), P
+        self.reset()
+
+    def reset(self):
+        self.p = {"x": torch.full((self.D,), 1.0)}
 
     def step(self):
         k = fastes.fold_in(self.key, self.g)
@@ -73,7 +86,11 @@ class Naive:
     """The loop a user writes by hand: randn, ±ε, members, fitness, centered ranks, matmul."""
 
     def __init__(self, D, P):
-        self.x, self.P, self.gen = torch.full((D,), 1.0), P, torch.Generator().manual_seed(0)
+        self.D, self.P, self.gen = D, P, torch.Generator().manual_seed(0)
+        self.reset()
+
+    def reset(self):
+        self.x = torch.full((self.D,), 1.0)
 
     def step(self):
         eps = torch.randn(self.P // 2, self.x.numel(), generator=self.gen)
@@ -87,10 +104,15 @@ class Naive:
 
 class PyCMA:
     def __init__(self, D, P):
+        self.D, self.P, self.seed = D, P, 0
+        self.reset()
+
+    def reset(self):
         import cma
 
-        self.es = cma.CMAEvolutionStrategy(np.ones(D), 1.0, {"popsize": P, "verbose": -9,
-                                                            "seed": 1})  # fmt: skip
+        self.seed += 1
+        self.es = cma.CMAEvolutionStrategy(np.ones(self.D), 1.0, {"popsize": self.P,
+                                           "verbose": -9, "seed": self.seed})  # fmt: skip
 
     def step(self):
         xs = self.es.ask()
@@ -106,7 +128,9 @@ class Evosax:
         jax.config.update("jax_platforms", "cpu")
         es = getattr(algorithms, name)(population_size=P, solution=jnp.zeros(D))
         self.params = es.default_params
-        self.state = es.init(jax.random.key(0), jnp.ones(D), self.params)
+        self.reset = lambda: setattr(self, "state", es.init(jax.random.key(0), jnp.ones(D),
+                                                            self.params))  # fmt: skip
+        self.reset()
 
         def generation(key, state, params):
             k1, k2 = jax.random.split(key)
@@ -141,6 +165,8 @@ def timed(runners: dict, reps: int, inner: int | None = None, budget_s: float = 
     times = {n: [] for n in runners}
     for _ in range(reps):
         for n, r in runners.items():
+            r.reset()
+            r.step()  # the first step after a restart: caches and memos warm again
             t0 = time.perf_counter()
             for _ in range(inner):
                 r.step()

@@ -37,7 +37,8 @@ TAG_OFFSET = 0x4F464653  # "OFFS"
 
 
 _SMALL = 2048  # below this many counters numpy's ~1 µs ops beat torch's ~3 µs dispatch (measured)
-_TINY = 16  # up to this many, Python ints beat numpy's per-op cost (fold_in, split, offsets)
+_LANES = 256  # up to this many, all counters as lanes of one Python int (see _philox_lanes)
+_TINY = 3  # below 4 counters, one Python-int Philox each (fold_in, split of a few keys)
 
 
 def _small_cpu(*words) -> int:
@@ -54,12 +55,46 @@ def _small_cpu(*words) -> int:
 
 def _philox4x32_python(c0, c1, c2, c3, k0, k1, rounds):
     """The same rounds on Python ints, for a handful of counters: a key derivation took ~80 µs
-    through numpy's per-call overhead and takes ~10 µs this way (measured on the dev CPU)."""
+    through numpy's per-call overhead and takes ~10 µs this way (measured on the dev CPU); from
+    4 counters on, all of them at once as lanes of one Python int (:func:`_philox_lanes`)."""
     shape = np.broadcast_shapes(*(tuple(w.shape) for w in (c0, c1, c2, c3)))
-    words = [w.expand(shape).reshape(-1).tolist() for w in (c0, c1, c2, c3)]
+    words = [w.expand(shape).reshape(-1).numpy().astype(np.uint64) for w in (c0, c1, c2, c3)]
+    if words[0].size > _TINY:
+        out = _philox_lanes(*words, k0, k1, rounds)
+        return tuple(torch.from_numpy(o.astype(np.int64)).reshape(shape) for o in out)
+    words = [w.tolist() for w in words]
     out = list(zip(*(_philox_ints(*c, k0, k1, rounds) for c in zip(*words, strict=True))))
     out = out or [(), (), (), ()]
     return tuple(torch.tensor(o, dtype=torch.int64).reshape(shape) for o in out)
+
+
+def _philox_lanes(c0, c1, c2, c3, k0: int, k1: int, rounds: int = 10):
+    """Philox4x32 rounds for n counters at once (one key): each counter word is a uint64 numpy
+    array of n uint32 values, or a Python int shared by all n counters. Word j of counter i is
+    lane i (bits 64i..64i+63) of one Python int, so a round is a dozen big-int operations for
+    all lanes. Exact: a 32x32-bit product fits its 64-bit lane, and the masks keep each lane's
+    high half out of its neighbour. Returns four uint64 arrays. Measured here: 16 counters 14 µs
+    (47 µs one Python-int Philox each), 128 counters 50 µs (numpy 76 µs)."""
+    n = next((len(w) for w in (c0, c1, c2, c3) if not isinstance(w, int)), 1)
+    if n == 0:
+        return tuple(np.zeros(0, dtype=np.uint64) for _ in range(4))
+    ones, low = _lane_masks(n)
+    a, b, c, d = (w * ones if isinstance(w, int) else
+                  int.from_bytes(np.ascontiguousarray(w, dtype="<u8").tobytes(), "little")
+                  for w in (c0, c1, c2, c3))  # fmt: skip
+    for r0, r1 in _key_schedule(k0, k1, rounds):
+        p0, p1 = a * _M0, c * _M1
+        a, b, c, d = ((p1 >> 32) & low) ^ b ^ (r0 * ones), p1 & low, \
+            ((p0 >> 32) & low) ^ d ^ (r1 * ones), p0 & low  # fmt: skip
+    return tuple(np.frombuffer(w.to_bytes(8 * n, "little"), dtype="<u8").astype(np.uint64)
+                 for w in (a, b, c, d))  # fmt: skip
+
+
+@functools.lru_cache(maxsize=64)
+def _lane_masks(n: int) -> tuple[int, int]:
+    """(1 in every lane, 2^32 - 1 in every lane) for n 64-bit lanes."""
+    ones = int.from_bytes(np.ones(n, dtype="<u8").tobytes(), "little")
+    return ones, ones * MASK32
 
 
 @functools.lru_cache(maxsize=256)
@@ -114,7 +149,7 @@ def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = 10):
     """
     n = _small_cpu(c0, c1, c2, c3, k0, k1)
     if n:
-        small = _philox4x32_python if n <= _TINY else _philox4x32_numpy
+        small = _philox4x32_python if n <= _LANES else _philox4x32_numpy
         return small(c0, c1, c2, c3, k0, k1, rounds)
     for r in range(rounds):
         if r:

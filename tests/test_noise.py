@@ -75,14 +75,16 @@ def test_table_is_philox_row_zero_and_memoised():
 
 
 def test_table_offsets_of_a_few_rows_equal_the_vectorised_ones():
-    # Up to 64 rows take a Python-int path (the small-D fixed cost); more take tensor ops.
+    # Up to 256 rows take the Python-int lanes path (the small-D fixed cost); more take tensor
+    # ops (and philox4x32's numpy path); a batch of one key takes the tensor path too.
     from fastes.noise import table_offsets
 
     k = fastes.key(2**40 + 17)
-    rows = torch.arange(2**32 - 50, 2**32 + 100)  # row ids past 2^32: both counter words used
-    whole = table_offsets(k, rows, 10, 2**24)  # 150 rows: the tensor path
-    parts = torch.cat([table_offsets(k, rows[i : i + 10], 10, 2**24) for i in range(0, 150, 10)])
+    rows = torch.arange(2**32 - 150, 2**32 + 150)  # row ids past 2^32: both counter words used
+    whole = table_offsets(k, rows, 10, 2**24)  # 300 rows: the tensor path
+    parts = torch.cat([table_offsets(k, rows[i : i + 10], 10, 2**24) for i in range(0, 300, 10)])
     assert torch.equal(whole, parts)
+    assert torch.equal(table_offsets(k[None], rows[:20], 10, 2**24)[0], whole[:20])
 
 
 def test_table_rows_are_slices_at_key_derived_offsets():

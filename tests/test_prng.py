@@ -25,11 +25,12 @@ def test_philox_known_answer_vectors(ctr, k, expected):
     assert tuple(int(w) for w in out) == expected
 
 
-@pytest.mark.parametrize("n", [1, 7, 16, 17, 1003, 2049])
+@pytest.mark.parametrize("n", [1, 3, 4, 16, 17, 256, 257, 1003, 2049])
 def test_philox_matches_numpy_uint64_oracle_on_random_words(oracle, n):
     # int64 products wrap mod 2^64; the numpy oracle is exact unsigned arithmetic. Random words
-    # exercise the high bit (where signed and unsigned differ). The sizes cover the three CPU
-    # paths: Python ints (<= 16 counters), numpy (<= 2048) and torch tensors (more).
+    # exercise the high bit (where signed and unsigned differ). The sizes cover the four CPU
+    # paths: Python ints (<= 3 counters), lanes of one Python int (<= 256), numpy (<= 2048)
+    # and torch tensors (more).
     rng = np.random.default_rng(n)
     c = rng.integers(0, 2**32, size=(4, n), dtype=np.uint64)
     k = rng.integers(0, 2**32, size=2, dtype=np.uint64)
