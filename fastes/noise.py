@@ -198,7 +198,7 @@ def clear_caches() -> None:
     _TABLES.clear()
     _LAST_OFFSETS.clear()
     shaping._TABLES.clear()
-    shaping._TABLE_LISTS.clear()
+    shaping._TABLES_NP.clear()
 
 
 def table_offsets(k: torch.Tensor, rows, dim: int, table_size: int) -> torch.Tensor:

@@ -50,9 +50,9 @@ from ..tree import raveler
 __all__ = ["Strategy"]
 
 _MEMO_ELEMENTS = 2**18  # float32 noise rows kept from one generation's members to its tell
-# Up to this P one objective's order is sorted on Python floats (measured at P = 10: ~4 µs
-# against ~20 µs of tensor ops and host reads).
-_SMALL_ORDER = 256
+# Up to this P one objective's order is sorted in numpy (measured at P = 10: ~4 µs against
+# ~20 µs of tensor ops and host reads).
+_SMALL_ORDER = 8192
 
 
 class Strategy:
@@ -180,7 +180,8 @@ class Strategy:
                 fitness_args=fitness_args,
             )  # fmt: skip
             parts.append(out.detach())
-        fitness = self._check_fitness(self._gather_local(torch.cat(parts), state), state)
+        fitness = parts[0] if len(parts) == 1 else torch.cat(parts)
+        fitness = self._check_fitness(self._gather_local(fitness, state), state)
         new_state, weights = self._tell(state, key, fitness)
         return new_state, self._stats(fitness, weights)
 
@@ -281,11 +282,10 @@ class Strategy:
         """Order of one objective along the last dim: (P,) for one run, (R, P) for R runs."""
         f = f if f.is_floating_point() else f.float()
         if f.ndim == 1 and f.numel() <= _SMALL_ORDER and f.device.type == "cpu":
-            if not torch.compiler.is_compiling():  # Python's stable sort: the same order
-                v = f.tolist() if self.minimize else [-x for x in f.tolist()]
-                if not any(x != x for x in v):  # no NaN (NaN compares unequal to itself)
-                    order = sorted(range(len(v)), key=v.__getitem__)
-                    return torch.from_numpy(np.array(order, dtype=np.int64))
+            if not torch.compiler.is_compiling():  # numpy's stable sort: the same order
+                v = f.detach().numpy() if self.minimize else -f.detach().numpy()
+                if not np.isnan(v).any():
+                    return torch.from_numpy(np.argsort(v, kind="stable"))
         nan = torch.isnan(f)
         if not torch.compiler.is_compiling() and bool(nan.all(-1).any()):
             raise ValueError(
@@ -320,7 +320,7 @@ class Strategy:
 
     def _stats(self, fitness: torch.Tensor, weights: torch.Tensor) -> FitnessStats:
         nan = inf = 0
-        if fitness.is_floating_point() and not bool(torch.isfinite(fitness).all()):
+        if fitness.is_floating_point() and not _all_finite(fitness):
             nan, inf = int(torch.isnan(fitness).sum()), int(torch.isinf(fitness).sum())
         return FitnessStats(fitness, weights, nan, inf, self.minimize)
 
@@ -342,3 +342,11 @@ class Strategy:
     def _counter(self) -> torch.Tensor:
         """A () int64 generation counter on the params' device."""
         return torch.zeros((), dtype=torch.int64, device=self.raveler.device)
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """Whether every value is finite: numpy's test on eager CPU tensors (~1 µs against ~7 µs of
+    torch ops and a host read), torch's elsewhere."""
+    if x.device.type == "cpu" and not torch.compiler.is_compiling() and x.dtype != torch.bfloat16:
+        return bool(np.isfinite(x.detach().numpy()).all())
+    return bool(torch.isfinite(x).all())
