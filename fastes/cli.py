@@ -59,8 +59,9 @@ def _train(args) -> int:
     run_dir = args.run_dir or os.path.join(
         "runs", f"{args.task.replace(':', '_')}-{config['seed']}"
     )
+    restarted = distributed.restarted()  # a collective: every rank asks, whatever it sees
     if os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
-        if not _restarted_by_torchrun():
+        if not restarted:
             raise SystemExit(
                 f"{run_dir} already holds a run: `fastes resume {run_dir}` continues it"
             )
@@ -73,10 +74,6 @@ def _train(args) -> int:
     if distributed.is_main():
         write_json(os.path.join(run_dir, "config.json"), config)
     return _run(trainer, run_dir, resume=False)
-
-
-def _restarted_by_torchrun() -> bool:
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
 def _run(trainer: Trainer, run_dir: str, resume: bool) -> int:

@@ -3,8 +3,13 @@
 Launch any fastes script or the CLI with ``torchrun`` (gloo on CPUs, NCCL on GPUs)::
 
     torchrun --nproc-per-node 2 -m fastes train cartpole --run-dir runs/c
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 \\
     torchrun --nnodes 1:4 --nproc-per-node 2 --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
         --max-restarts 8 -m fastes train gym:LunarLander-v3 --run-dir /shared/runs/l
+
+(elastic jobs: with torch's default shared rendezvous store, a node joining a running job left
+every agent waiting in the rendezvous here, torch 2.13; the variable makes each group bring up
+its own store).
 
 and call :func:`init` once at the top of a script (the CLI does; without torchrun's environment
 variables it does nothing). Then every ``es_step``, ``estimate_grad``, strategy ``step`` and
@@ -55,6 +60,7 @@ __all__ = [
     "is_main",
     "member_range",
     "reset_traffic",
+    "restarted",
     "shutdown",
     "sum_in_rank_order",
     "traffic",
@@ -256,6 +262,23 @@ def sum_in_rank_order(partial: torch.Tensor, group: Group | None = None) -> torc
     for r in range(1, group.world_size):
         total += parts[r]
     return total.reshape(partial.shape)
+
+
+def restarted() -> bool:
+    """Whether torchrun has restarted this job's workers at least once, on any rank.
+
+    TORCHELASTIC_RESTART_COUNT is per agent: a node that joins a running job starts at 0 while
+    the agents already there count the restart that admitted it, so the group takes the largest
+    count (one all-reduce under the timeout). Without a group: this process's own count."""
+    mine = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    group = current()
+    if group is None or group.world_size == 1:
+        return mine > 0
+    count = torch.tensor([mine], dtype=torch.int64, device=group.device)
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    _TRAFFIC["collectives"] += 1
+    _TRAFFIC["bytes"] += count.numel() * count.element_size()
+    return int(count) > 0
 
 
 def checksum(tree: Any) -> int:

@@ -35,7 +35,14 @@ from ._validate import (
     real,
 )
 from .evaluate import evaluate_population
-from .noise import DEFAULT_TABLE_SIZE, NoiseTable, PhiloxNoise, TableNoise, noise_table
+from .noise import (
+    DEFAULT_TABLE_SIZE,
+    NoiseTable,
+    PhiloxNoise,
+    TableNoise,
+    made_noise_table,
+    noise_table,
+)
 from .prng import check_key
 from .shaping import METHODS, shape_fitness
 from .tree import Raveler, raveler
@@ -111,12 +118,13 @@ def default_chunk_size(dim: int, dtype: torch.dtype, device: torch.device, per_r
 def resolve_noise(noise: Any, dim: int, device: torch.device) -> PhiloxNoise | TableNoise:
     """Pick the noise source: ``"auto"``, ``"table"``, ``"philox"``, a NoiseTable or a source.
 
-    ``"auto"`` uses the shared table on the CPU when D <= table size / 4 (the fastest CPU source,
-    see fastes.noise) and direct Philox otherwise, and always on GPUs and inside
-    ``torch.compile`` (where the compiler fuses Philox into the consumers, and where a table made
-    during tracing would be traced into the graph). Pass ``noise="philox"`` to get the same
-    noise compiled and eager on the CPU, or a prebuilt ``fastes.noise_table()`` to trace the
-    table path.
+    ``"auto"`` depends on D only, never on the device or on ``torch.compile`` (DESIGN §3: one
+    key gives the same members everywhere, e.g. on the CPU and GPU ranks of one job): the shared
+    table when D <= table size / 4 (the fastest CPU source, see fastes.noise; on GPUs its rows
+    are gathers), direct Philox above. ``noise="philox"`` picks the fused Triton kernels on CUDA.
+    Inside ``torch.compile`` the table must have been made eagerly before tracing (a table made
+    while tracing would be traced into the graph): call ``fastes.noise_table(device=...)`` once,
+    or pass the NoiseTable itself.
     """
     if isinstance(noise, (PhiloxNoise, TableNoise)) or all(
         callable(getattr(noise, m, None)) for m in ("rows", "weighted_sum", "perturb")
@@ -124,17 +132,22 @@ def resolve_noise(noise: Any, dim: int, device: torch.device) -> PhiloxNoise | T
         return noise
     if isinstance(noise, NoiseTable):
         return TableNoise(noise)
+    given = noise
     if noise == "auto":
-        cpu = device.type == "cpu" and not torch.compiler.is_compiling()
-        noise = "table" if cpu and dim <= DEFAULT_TABLE_SIZE // 4 else "philox"
+        noise = "table" if dim <= DEFAULT_TABLE_SIZE // 4 else "philox"
     if noise == "philox":
         return PhiloxNoise()
     if noise == "table":
         if torch.compiler.is_compiling():
-            raise ValueError(
-                "noise='table' inside torch.compile needs the table made beforehand: pass "
-                "noise=fastes.noise_table(device=...) (made eagerly), or noise='philox'"
-            )
+            made = made_noise_table(device)
+            if made is None:
+                raise ValueError(
+                    f"noise={given!r} reads the noise table (D={dim}) inside torch.compile, "
+                    "which needs the table made beforehand: call "
+                    f"fastes.noise_table(device={str(device)!r}) once before compiling, pass "
+                    "noise=fastes.noise_table(...), or pass noise='philox'"
+                )
+            return TableNoise(made)
         if dim > DEFAULT_TABLE_SIZE:
             raise ValueError(
                 f"noise='table' needs D <= the table size {DEFAULT_TABLE_SIZE}; got D={dim}. "

@@ -331,6 +331,8 @@ class Trainer:
             "minimize": self.minimize,
             "final": self.final,
             "config": self.config,
+            # The group that wrote it (1 without torchrun): where an elastic run changed size.
+            "world_size": getattr(distributed.current(), "world_size", 1),
         }
 
     def save(self) -> None:

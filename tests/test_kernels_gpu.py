@@ -104,3 +104,24 @@ def test_es_step_compiles_fullgraph_on_cuda_without_recompiling(compile_counter)
     ref = fastes.es_step(params, fit, fastes.key(0, device="cuda"), **kw)
     # |Δ| ≤ lr/(Pσ)·(P/2)·2^-23·max|w ε| summed in a different order: ~ 0.01/3.2·32·1.2e-7·6.
     torch.testing.assert_close(out["w"], ref["w"], rtol=0, atol=1e-6)
+
+
+def test_auto_noise_gives_the_same_rows_on_cuda_as_on_the_cpu():
+    # DESIGN §3: "auto" depends on D only; at D <= table / 4 both devices read the same table
+    # (made on the CPU, copied) at the same key-derived offsets, so the rows are bit-identical;
+    # the weighted sum is a float reduction, equal within its rounding (derived as above).
+    from fastes.es import resolve_noise
+
+    for D in (1_000, 100_003):
+        cpu, gpu = (
+            resolve_noise("auto", D, torch.device("cpu")),
+            resolve_noise("auto", D, torch.device("cuda")),
+        )
+        assert type(cpu) is type(gpu) is ref.TableNoise
+        k, rows = fastes.key(5), torch.arange(40)
+        assert torch.equal(cpu.rows(k, rows, D), gpu.rows(k.cuda(), rows.cuda(), D).cpu())
+        w = torch.randn(40, generator=torch.Generator().manual_seed(D))
+        got = gpu.weighted_sum(k.cuda(), rows.cuda(), w.cuda(), D).cpu().double()
+        want = cpu.weighted_sum(k, rows, w, D).double()
+        terms = w.double().abs() @ cpu.rows(k, rows, D).double().abs()
+        assert torch.all((got - want).abs() <= 2 * 40 * 2**-24 * terms)
