@@ -31,7 +31,8 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 MODES = ("vmap", "batched", "loop")  # fastes.evaluate's modes (re-exported there)
 # A fitness written for a whole low-rank population (fastes.population.Population; eggroll).
 POPULATION = "population"
-EXCHANGES = ("fitness", "partial_sums")  # fastes.distributed's exchanges (re-exported there)
+# fastes.distributed's exchanges (re-exported there); "auto" picks one from measured costs
+EXCHANGES = ("fitness", "partial_sums", "auto")
 
 
 def positive_int(value: Any, name: str, minimum: int = 1) -> int:

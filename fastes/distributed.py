@@ -52,6 +52,7 @@ __all__ = [
     "Group",
     "check_consistent",
     "checksum",
+    "choose_exchange",
     "current",
     "gather_members",
     "gather_rows",
@@ -279,6 +280,58 @@ def restarted() -> bool:
     _TRAFFIC["collectives"] += 1
     _TRAFFIC["bytes"] += count.numel() * count.element_size()
     return int(count) > 0
+
+
+# Exchanges chosen by choose_exchange, per (world size, rows, D, noise source, device): measured
+# once per group and process, every rank holding the same answer (it is decided on shared data).
+_EXCHANGE_CHOICES: dict[tuple, str] = {}
+
+
+def choose_exchange(
+    n_rows: int, dim: int, regenerate, what: str = "", group: Group | None = None
+) -> str:
+    """``"fitness"`` or ``"partial_sums"`` for a generation of ``n_rows`` noise rows of ``dim``
+    numbers: the exchange whose measured extra cost is smaller (``exchange="auto"``).
+
+    The fitness-only exchange costs every rank the regeneration of the rows other ranks
+    evaluated, (n_rows − its own)·t_row, with t_row timed on ``regenerate(r)`` (the weighted sum
+    of this rank's first r rows); the partial-sum exchange costs one all-gather of ``dim``
+    floats, timed on the group itself. Each is the median of 3; the ranks take the largest of
+    every figure (one all-reduce), so all of them choose alike. Measured once per group and
+    configuration (``what`` names the noise source), then remembered: a restarted group
+    measures again, and may choose the other exchange; pass the exchange explicitly to pin it
+    (the fitness-only exchange is the one with bit-identical results on any world size).
+    Without a group: ``"fitness"``.
+    """
+    import time
+
+    group = current() if group is None else group
+    if group is None or group.world_size == 1:
+        return "fitness"
+    memo = (group.world_size, n_rows, dim, what, str(group.device))
+    if memo in _EXCHANGE_CHOICES:
+        return _EXCHANGE_CHOICES[memo]
+    lo, hi = member_range(n_rows, group)
+    probe = min(hi - lo, 8)
+
+    def median_s(fn) -> float:
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[1]
+
+    t_row = median_s(lambda: regenerate(probe)) / probe
+    zeros = torch.zeros(1, dim, dtype=torch.float32, device=group.device)
+    blocks = [torch.empty_like(zeros) for _ in range(group.world_size)]
+    t_gather = median_s(lambda: dist.all_gather(blocks, zeros))
+    costs = torch.tensor([(n_rows - (hi - lo)) * t_row, t_gather], dtype=torch.float64,
+                         device=group.device)  # fmt: skip
+    dist.all_reduce(costs, op=dist.ReduceOp.MAX)
+    choice = "partial_sums" if float(costs[0]) > float(costs[1]) else "fitness"
+    _EXCHANGE_CHOICES[memo] = choice
+    return choice
 
 
 def checksum(tree: Any) -> int:

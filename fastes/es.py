@@ -191,6 +191,12 @@ def _flat_estimate(
     # Under torch.distributed this rank evaluates its slice of the rows; others' come by gather.
     group = distributed.current()
     r_lo, r_hi = distributed.member_range(n_rows, group)
+    if exchange == "auto":  # measured once per group and configuration (fastes.distributed)
+        exchange = distributed.choose_exchange(
+            n_rows, D, lambda n: source.weighted_sum(key, torch.arange(r_lo, r_lo + n,
+                device=theta.device), torch.ones(n, device=theta.device), D),
+            type(source).__name__, group,
+        )  # fmt: skip
     # Which rows this process sums for ĝ: all of them (one process, or the fitness-only
     # exchange: every rank regenerates every row, so all get the same bits), or its own rows
     # (the partial-sum exchange: the (D,) sums are then gathered and added in rank order).
@@ -329,7 +335,9 @@ def estimate_grad(
             exchange: ``"fitness"`` (P numbers; every rank regenerates every noise row for ĝ;
             the result is bit-identical on any number of processes) or ``"partial_sums"`` (each
             rank sums its own members' weighted noise, and the (D,) sums are added in rank
-            order: no regeneration, D numbers per rank, equal up to float rounding).
+            order: no regeneration, D numbers per rank, equal up to float rounding) or
+            ``"auto"`` (the cheaper of the two, measured once per group:
+            :func:`fastes.distributed.choose_exchange`).
 
     Example:
         >>> params = {"x": torch.ones(10)}

@@ -133,6 +133,15 @@ def test_partial_sum_exchange_agrees_within_the_rounding_of_a_regrouped_sum(tmp_
         assert ((got - ref).abs() <= bound).all(), (n, (got - ref).abs().max())
         # Two all-gathers: the fitness (P floats) and the (D,) partial sums.
         assert out[n]["traffic"]["collectives"] == 2
+    # exchange="auto" decides from measured costs, alike on every rank (checked in the worker):
+    # a slow regeneration picks the partial sums, a free one the fitness; es_step's own choice
+    # gives exactly that exchange's params (partial sums here, or the one-process result).
+    assert out[1]["choices"] == ["fitness", "fitness"] and out[1]["auto_choice"] == []
+    for n in (2, 3):
+        assert out[n]["choices"] == ["partial_sums", "fitness"]
+        [choice] = out[n]["auto_choice"]
+        want = out[n]["partial"] if choice == "partial_sums" else out[1]["partial"]
+        assert all(torch.equal(out[n]["auto"][k], want[k]) for k in want), choice
 
 
 def test_env_task_trainer_through_the_cli_is_the_same_on_1_and_2_processes(tmp_path):

@@ -3,6 +3,7 @@ then rank 0 writes the final params / states to OUT (torch.save) for comparison 
 sizes. Every collective runs under fastes.distributed's timeout."""
 
 import sys
+import time
 
 import torch
 
@@ -75,6 +76,18 @@ def main(out: str, what: str) -> None:
             noise="philox", exchange="partial_sums",
         )  # fmt: skip
         results["traffic"] = distributed.traffic()
+        # exchange="auto": the cheaper exchange by measured costs, the same choice on every rank
+        # (a regeneration made slow or free by hand decides it both ways).
+        slow = distributed.choose_exchange(8, 15, lambda n: time.sleep(0.002 * n), "slow")
+        free = distributed.choose_exchange(8, 15, lambda n: None, "free")
+        results["choices"] = [slow, free]
+        results["auto"] = fastes.es_step(
+            params, sphere, key, population_size=16, sigma=0.1, learning_rate=0.05,
+            noise="philox", exchange="auto",
+        )  # fmt: skip
+        results["auto_choice"] = [v for k, v in distributed._EXCHANGE_CHOICES.items()
+                                  if k[3] == "PhiloxNoise"]  # fmt: skip
+        distributed.check_consistent("the auto exchange's params", results["auto"])
     if what == "mismatch":  # rank 1 asks for another population: the Trainer must refuse
         P = 8 + 4 * group.rank
         s = fastes.strategies.make("openai_es", params, population_size=P)
