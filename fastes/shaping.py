@@ -111,11 +111,6 @@ def _rank_weights(f: torch.Tensor, method: str) -> torch.Tensor:
     ``torch.compile(fullgraph=True)`` graphs and CUDA graphs.
     """
     p = f.numel()
-    if (1 < p <= _SMALL_P and f.device.type == "cpu" and f.dtype in (torch.float32, torch.float64)
-            and not torch.compiler.is_compiling()):  # fmt: skip
-        w = _rank_weights_small(f, method)
-        if w is not None:
-            return w
     table = _rank_table(p, method, torch.float64, f.device)  # averaged in float64, cast at the end
     nan = torch.isnan(f)
     # Ascending order with NaN below everything (even −inf): torch.sort puts NaN last, so sort

@@ -281,7 +281,8 @@ class Strategy:
     def _order_runs(self, f: torch.Tensor) -> torch.Tensor:
         """Order of one objective along the last dim: (P,) for one run, (R, P) for R runs."""
         f = f if f.is_floating_point() else f.float()
-        if f.ndim == 1 and f.numel() <= _SMALL_ORDER and f.device.type == "cpu":
+        small = f.ndim == 1 and f.numel() <= _SMALL_ORDER and f.device.type == "cpu"
+        if small and f.dtype in (torch.float32, torch.float64):  # numpy has no bfloat16
             if not torch.compiler.is_compiling():  # numpy's stable sort: the same order
                 v = f.detach().numpy() if self.minimize else -f.detach().numpy()
                 if not np.isnan(v).any():
