@@ -35,14 +35,7 @@ from ._validate import (
     real,
 )
 from .evaluate import evaluate_population
-from .noise import (
-    DEFAULT_TABLE_SIZE,
-    NoiseTable,
-    PhiloxNoise,
-    TableNoise,
-    made_noise_table,
-    noise_table,
-)
+from .noise import resolve_noise  # public here too (es.__all__), its home is fastes.noise
 from .prng import check_key
 from .shaping import METHODS, shape_fitness
 from .tree import Raveler, raveler
@@ -113,51 +106,6 @@ def default_chunk_size(dim: int, dtype: torch.dtype, device: torch.device, per_r
     target = DEFAULT_CHUNK_BYTES_CUDA if device.type == "cuda" else DEFAULT_CHUNK_BYTES
     size = max(per_row, target // (dim * dtype.itemsize))
     return size - size % per_row
-
-
-def resolve_noise(noise: Any, dim: int, device: torch.device) -> PhiloxNoise | TableNoise:
-    """Pick the noise source: ``"auto"``, ``"table"``, ``"philox"``, a NoiseTable or a source.
-
-    ``"auto"`` depends on D only, never on the device or on ``torch.compile`` (DESIGN §3: one
-    key gives the same members everywhere, e.g. on the CPU and GPU ranks of one job): the shared
-    table when D <= table size / 4 (the fastest CPU source, see fastes.noise; on GPUs its rows
-    are gathers), direct Philox above. ``noise="philox"`` picks the fused Triton kernels on CUDA.
-    Inside ``torch.compile`` the table must have been made eagerly before tracing (a table made
-    while tracing would be traced into the graph): call ``fastes.noise_table(device=...)`` once,
-    or pass the NoiseTable itself.
-    """
-    if isinstance(noise, (PhiloxNoise, TableNoise)) or all(
-        callable(getattr(noise, m, None)) for m in ("rows", "weighted_sum", "perturb")
-    ):  # a source of fastes' own or one with their interface (e.g. fastes.lowrank.LowRankNoise)
-        return noise
-    if isinstance(noise, NoiseTable):
-        return TableNoise(noise)
-    given = noise
-    if noise == "auto":
-        noise = "table" if dim <= DEFAULT_TABLE_SIZE // 4 else "philox"
-    if noise == "philox":
-        return PhiloxNoise()
-    if noise == "table":
-        if torch.compiler.is_compiling():
-            made = made_noise_table(device)
-            if made is None:
-                raise ValueError(
-                    f"noise={given!r} reads the noise table (D={dim}) inside torch.compile, "
-                    "which needs the table made beforehand: call "
-                    f"fastes.noise_table(device={str(device)!r}) once before compiling, pass "
-                    "noise=fastes.noise_table(...), or pass noise='philox'"
-                )
-            return TableNoise(made)
-        if dim > DEFAULT_TABLE_SIZE:
-            raise ValueError(
-                f"noise='table' needs D <= the table size {DEFAULT_TABLE_SIZE}; got D={dim}. "
-                "Pass noise='philox' or a larger fastes.noise_table(size=...)"
-            )
-        return TableNoise(noise_table(device=device))
-    raise ValueError(
-        "noise must be 'auto', 'table', 'philox', a fastes.NoiseTable or a noise source; "
-        f"got {noise!r}"
-    )
 
 
 def _flat_estimate(

@@ -19,21 +19,30 @@ population's noise is never stored as a (P, D) matrix unless it fits the memory 
 Measured on the 2-core CPU of the dev machine (torch 2.13, D = 100,000, 128 rows; the
 ``benchmarks/test_bench_core.py`` cases reproduce them): torch.randn ≈ 8 ns/element, direct
 Philox here ≈ 6-7 ns/element once warm (64K-counter tiles; 8K tiles were 15 ns), and the table's
-weighted sum ≈ 0.2 ns/element. The table is therefore the CPU default; direct Philox is the GPU
-default (the kernels regenerate it in registers) and the fallback when D is too large for the
-table.
+weighted sum ≈ 0.2 ns/element. ``noise="auto"`` (:func:`resolve_noise`) therefore picks the table
+whenever D fits it, on every device (DESIGN §3: the choice may not depend on the device or on
+torch.compile), and direct Philox above; ``noise="philox"`` runs the Triton kernels on CUDA,
+which regenerate the noise in registers.
 """
 
 from __future__ import annotations
 
-import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from . import _dispatch
 from ._validate import positive_int
+
+# The element-wise generators (re-exported: fastes.noise is their public home too).
+from .normals import (
+    _TILE,
+    _as_rows,
+    philox_normal_rows,
+    philox_uint32_rows,
+    uniform,
+)
 from .prng import (
     _LANES,
     MASK32,
@@ -58,99 +67,11 @@ __all__ = [
     "philox_perturb",
     "table_offsets",
     "uniform",
+    "resolve_noise",
     "DEFAULT_TABLE_SIZE",
 ]
 
 DEFAULT_TABLE_SIZE = 2**24  # 16.7 M float32 = 64 MiB, generated in ~0.3 s on the dev CPU
-_TILE = 2**16  # Philox counters per tile: 64K int64 words per lane stay in L2 (measured best)
-_TWO_POW_M24 = 2.0**-24
-
-
-def _as_rows(rows: torch.Tensor | range | list, device) -> torch.Tensor:
-    if isinstance(rows, torch.Tensor):
-        return rows.to(device=device, dtype=torch.int64).reshape(-1)
-    return torch.as_tensor(list(rows), dtype=torch.int64, device=device)
-
-
-def _philox_words(k: torch.Tensor, rows: torch.Tensor, b0: int, nb: int):
-    """Philox output words for blocks [b0, b0 + nb) of each row: four (R, nb) int64 tensors."""
-    blocks = torch.arange(b0, b0 + nb, dtype=torch.int64, device=rows.device)
-    c0 = (blocks & MASK32).expand(rows.numel(), nb)
-    c1 = (blocks >> 32).expand(rows.numel(), nb)
-    c2 = (rows & MASK32)[:, None].expand(-1, nb)
-    c3 = (rows >> 32)[:, None].expand(-1, nb)
-    return philox4x32(c0, c1, c2, c3, *key_words(k))
-
-
-def philox_uint32_rows(k: torch.Tensor, rows, dim: int) -> torch.Tensor:
-    """The raw uint32 stream (in int64) behind :func:`philox_normal_rows`: shape (R, dim)."""
-    check_key(k)
-    rows = _as_rows(rows, k.device)
-    nb = -(-dim // 4)
-    words = _philox_words(k, rows, 0, nb)
-    return torch.stack(words, dim=-1).reshape(rows.numel(), 4 * nb)[:, :dim]
-
-
-def _box_muller(x0, x1, x2, x3, dtype) -> torch.Tensor:
-    """Four uint32 lanes (R, nb) -> (R, 4·nb) normals, element 4b + j from lane j."""
-    compiling = torch.compiler.is_compiling()
-    out = None if compiling else torch.empty(*x0.shape, 4, dtype=torch.float32, device=x0.device)
-    lanes = []
-    for (xu, xv), j in (((x0, x1), 0), ((x2, x3), 2)):
-        u = ((xu >> 8) + 1).to(torch.float32).mul_(_TWO_POW_M24)  # (0, 1]
-        v = (xv >> 8).to(torch.float32).mul_(_TWO_POW_M24 * 2 * math.pi)  # [0, 2π)
-        r = u.log_().mul_(-2.0).sqrt_()
-        if compiling:  # graphs take no out= into strided views; the compiler fuses anyway
-            lanes += [r * torch.cos(v), r * torch.sin(v)]
-            continue
-        torch.mul(r, torch.cos(v), out=out[..., j])
-        torch.mul(r, v.sin_(), out=out[..., j + 1])
-    out = torch.stack(lanes, -1) if compiling else out
-    out = out.reshape(x0.shape[0], -1)
-    return out if dtype == torch.float32 else out.to(dtype)
-
-
-def philox_normal_rows(
-    k: torch.Tensor, rows, dim: int, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """Standard normals ε[r, 0:dim] for each row r in ``rows``: shape (R, dim).
-
-    A pure function of (key, r, element): any subset or order of rows gives the same values.
-    Element counters are 64-bit, so R·dim may exceed 2^32.
-
-    Example:
-        >>> eps = philox_normal_rows(fastes.key(0), torch.arange(4), 10)  # (4, 10)
-    """
-    check_key(k)
-    rows = _as_rows(rows, k.device)
-    R, nb = rows.numel(), -(-dim // 4)
-    out = torch.empty(R, 4 * nb, dtype=dtype, device=k.device)
-    # Tile over blocks so the ~12 int64 temporaries of each round stay cache-resident.
-    step = max(1, _TILE // max(R, 1))
-    for b0 in range(0, nb, step):
-        n = min(step, nb - b0)
-        out[:, 4 * b0 : 4 * (b0 + n)] = _box_muller(*_philox_words(k, rows, b0, n), dtype)
-    return out[:, :dim]
-
-
-def uniform(key: torch.Tensor, batch: tuple[int, ...], low, high, device=None) -> torch.Tensor:
-    """(*batch, k) float64 uniforms in (low, high) per feature, from ``key`` (k = len(low)).
-
-    Element [..., j] of flat batch index b is word j of Philox row b, so any batch shape gives
-    the same numbers in the same order.
-
-    Example:
-        >>> uniform(fastes.key(0), (3,), [0.0], [1.0]).shape
-        torch.Size([3, 1])
-    """
-    check_key(key)
-    if not isinstance(batch, tuple) or any(not isinstance(b, int) or b < 1 for b in batch):
-        raise ValueError(f"batch must be a tuple of positive ints; got {batch!r}")
-    low = torch.as_tensor(low, dtype=torch.float64)
-    high = torch.as_tensor(high, dtype=torch.float64)
-    words = philox_uint32_rows(key, torch.arange(math.prod(batch)), low.numel())
-    u = (words.double() + 0.5) / 2**32  # (0, 1)
-    return (low + (high - low) * u).reshape(*batch, low.numel()).to(device)
 
 
 class NoiseTable(NamedTuple):
@@ -424,3 +345,48 @@ class TableNoise(NamedTuple):
         t = self.table.values
         offsets = table_offsets(k, rows, dim, t.numel())
         return t[offsets[:, None] + torch.arange(dim, device=t.device)]
+
+
+def resolve_noise(noise: Any, dim: int, device: torch.device) -> PhiloxNoise | TableNoise:
+    """Pick the noise source: ``"auto"``, ``"table"``, ``"philox"``, a NoiseTable or a source.
+
+    ``"auto"`` depends on D only, never on the device or on ``torch.compile`` (DESIGN §3: one
+    key gives the same members everywhere, e.g. on the CPU and GPU ranks of one job): the shared
+    table when D <= table size / 4 (the fastest CPU source, see fastes.noise; on GPUs its rows
+    are gathers), direct Philox above. ``noise="philox"`` picks the fused Triton kernels on CUDA.
+    Inside ``torch.compile`` the table must have been made eagerly before tracing (a table made
+    while tracing would be traced into the graph): call ``fastes.noise_table(device=...)`` once,
+    or pass the NoiseTable itself.
+    """
+    if isinstance(noise, (PhiloxNoise, TableNoise)) or all(
+        callable(getattr(noise, m, None)) for m in ("rows", "weighted_sum", "perturb")
+    ):  # a source of fastes' own or one with their interface (e.g. fastes.lowrank.LowRankNoise)
+        return noise
+    if isinstance(noise, NoiseTable):
+        return TableNoise(noise)
+    given = noise
+    if noise == "auto":
+        noise = "table" if dim <= DEFAULT_TABLE_SIZE // 4 else "philox"
+    if noise == "philox":
+        return PhiloxNoise()
+    if noise == "table":
+        if torch.compiler.is_compiling():
+            made = made_noise_table(device)
+            if made is None:
+                raise ValueError(
+                    f"noise={given!r} reads the noise table (D={dim}) inside torch.compile, "
+                    "which needs the table made beforehand: call "
+                    f"fastes.noise_table(device={str(device)!r}) once before compiling, pass "
+                    "noise=fastes.noise_table(...), or pass noise='philox'"
+                )
+            return TableNoise(made)
+        if dim > DEFAULT_TABLE_SIZE:
+            raise ValueError(
+                f"noise='table' needs D <= the table size {DEFAULT_TABLE_SIZE}; got D={dim}. "
+                "Pass noise='philox' or a larger fastes.noise_table(size=...)"
+            )
+        return TableNoise(noise_table(device=device))
+    raise ValueError(
+        "noise must be 'auto', 'table', 'philox', a fastes.NoiseTable or a noise source; "
+        f"got {noise!r}"
+    )
