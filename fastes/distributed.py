@@ -50,10 +50,12 @@ from ._validate import EXCHANGES, positive_int, real
 __all__ = [
     "EXCHANGES",
     "Group",
+    "broadcast_from_main",
     "check_consistent",
     "checksum",
     "choose_exchange",
     "current",
+    "devices_differ",
     "gather_members",
     "gather_rows",
     "gather_varying",
@@ -332,6 +334,44 @@ def choose_exchange(
     choice = "partial_sums" if float(costs[0]) > float(costs[1]) else "fitness"
     _EXCHANGE_CHOICES[memo] = choice
     return choice
+
+
+def devices_differ(device: torch.device | str, group: Group | None = None) -> bool:
+    """Whether the ranks compute on different kinds of device (CPU and CUDA ranks in one gloo
+    group): one all-gather of a device code. Such replicas round their updates differently, so
+    the :class:`fastes.Trainer` keeps them equal with :func:`broadcast_from_main`."""
+    group = current() if group is None else group
+    if group is None or group.world_size == 1:
+        return False
+    mine = torch.tensor([torch.device(device).type == "cuda"], dtype=torch.int64,
+                        device=group.device)  # fmt: skip
+    everyone = [torch.empty_like(mine) for _ in range(group.world_size)]
+    _all_gather(everyone, mine)
+    return len({int(t) for t in everyone}) > 1
+
+
+def broadcast_from_main(tree: Any, group: Group | None = None) -> Any:
+    """``tree`` with every tensor replaced by rank 0's value (on this rank's device and dtype):
+    one broadcast per tensor leaf, O(size of the tree) bytes. Makes replicas that computed the
+    same update on different devices (different float rounding) identical again."""
+    from torch.utils import _pytree as pytree
+
+    group = current() if group is None else group
+    if group is None or group.world_size == 1:
+        return tree
+    leaves, spec = pytree.tree_flatten(tree)
+    out = []
+    for leaf in leaves:
+        if not isinstance(leaf, torch.Tensor):
+            out.append(leaf)
+            continue
+        wire = torch.uint8 if leaf.dtype == torch.bool else leaf.dtype  # gloo has no bool
+        buf = leaf.detach().to(device=group.device, dtype=wire).contiguous().clone()
+        dist.broadcast(buf, src=0)
+        _TRAFFIC["collectives"] += 1
+        _TRAFFIC["bytes"] += buf.numel() * buf.element_size()
+        out.append(buf.to(device=leaf.device, dtype=leaf.dtype))
+    return pytree.tree_unflatten(out, spec)
 
 
 def checksum(tree: Any) -> int:

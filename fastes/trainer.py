@@ -95,6 +95,10 @@ class Trainer:
             tasks, gymnasium ``rgb_array`` rendering; imageio). 0: never.
         progress: a tqdm progress bar (printed lines when tqdm is missing; False: silent).
         config: a JSON-able dict stored in checkpoints (the CLI rebuilds runs from it).
+        sync_state: under torch.distributed, broadcast rank 0's strategy state after every
+            generation (O(state) bytes) so replicas on different kinds of device, which round
+            the same update differently, stay identical. None (default): exactly when the
+            ranks' devices differ (a gloo group of CPU and GPU ranks).
     """
 
     def __init__(
@@ -117,6 +121,7 @@ class Trainer:
         progress: bool = True,
         config: dict | None = None,
         video_every: int = 0,
+        sync_state: bool | None = None,
     ):
         if not isinstance(strategy, Strategy):
             raise TypeError(f"strategy must be a fastes Strategy; got {type(strategy).__name__}")
@@ -167,6 +172,12 @@ class Trainer:
                 raise ValueError("params is required when the task has no init_params")
             params = self.task.init_params(init_key)
         self.state = strategy.init(params)
+        # Replicas on different kinds of device (a gloo group of CPU and GPU ranks) round the
+        # same update differently: rank 0's state is broadcast after every generation. None:
+        # exactly when the devices differ (one collective here); True / False force it.
+        if sync_state is None:
+            sync_state = distributed.devices_differ(strategy.raveler.device, self.group)
+        self.sync_state = bool(sync_state) and self.group is not None
         self.generation = 0
         self.history: list[dict] = []
         self.minimize = strategy.minimize
@@ -214,6 +225,8 @@ class Trainer:
             self.state, stats = self.strategy.step(
                 self.state, self.task.fitness, es_key, fitness_args=(task_key,)
             )
+            if self.sync_state:
+                self.state = distributed.broadcast_from_main(self.state, self.group)
             record = {"generation": g, **_fitness_summary(stats.fitness, self.minimize)}
             record.update(self._hyperparameters(g))
             if hasattr(self.task, "end_generation"):

@@ -88,6 +88,26 @@ def main(out: str, what: str) -> None:
         results["auto_choice"] = [v for k, v in distributed._EXCHANGE_CHOICES.items()
                                   if k[3] == "PhiloxNoise"]  # fmt: skip
         distributed.check_consistent("the auto exchange's params", results["auto"])
+    if what in ("skew", "skew_sync"):
+        # Rank r's replica rounds its update a little differently (+ r·1e-6), as a GPU rank's
+        # would beside CPU ranks. Unsynced, the state check (every 4 generations) must catch
+        # it; with sync_state every rank continues from rank 0's state.
+        rank = 0 if group is None else group.rank
+        sgd = fastes.optim.sgd(0.05)
+
+        def skewed_update(g, state, params=None):
+            updates, state = sgd.update(g, state, params)
+            return updates + rank * 1e-6, state
+
+        opt = fastes.optim.GradientTransformation(sgd.init, skewed_update)
+        s = fastes.strategies.make("openai_es", params, population_size=12, optimizer=opt)
+        trainer = fastes.Trainer(s, sphere, key=key, generations=12, params=params,
+                                 progress=False, check_every=4,
+                                 sync_state=what == "skew_sync")  # fmt: skip
+        distributed.reset_traffic()
+        trainer.run()
+        results["skew"] = list(fastes.tree.tree_leaves(trainer.state))
+        results["traffic"] = distributed.traffic()
     if what == "mismatch":  # rank 1 asks for another population: the Trainer must refuse
         P = 8 + 4 * group.rank
         s = fastes.strategies.make("openai_es", params, population_size=P)
