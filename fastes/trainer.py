@@ -191,7 +191,7 @@ class Trainer:
             "dim": strategy.dim, "minimize": strategy.minimize, "key": key,
             "task": type(self.task).__name__, "generations": self.generations,
             "goal": self.goal, "eval_every": self.eval_every, "state": self.state,
-            # "auto" noise may pick another source on a GPU rank: refuse rather than diverge.
+            # Ranks given different noise sources would draw different members: refuse.
             "noise": type(strategy.noise).__name__,
         })  # fmt: skip
         # The provisional evaluation of a run's last generation: {"score", "flat", "keys"}.
