@@ -144,11 +144,13 @@ def test_partial_sum_exchange_agrees_within_the_rounding_of_a_regrouped_sum(tmp_
         assert all(torch.equal(out[n]["auto"][k], want[k]) for k in want), choice
 
 
-def test_env_task_trainer_through_the_cli_is_the_same_on_1_and_2_processes(tmp_path):
-    # The observation normaliser is pooled from per-member statistics gathered across ranks.
-    for n in (1, 2):
+def test_env_task_trainer_through_the_cli_is_the_same_on_1_2_and_3_processes(tmp_path):
+    # The observation normaliser is pooled from per-member statistics gathered across ranks;
+    # 3 ranks share the 8 antithetic pairs unevenly (3, 3, 2).
+    for n in (1, 2, 3):
         torchrun(n, *_CLI, "--generations", "5", "--run-dir", str(tmp_path / str(n)))
     _same_run(tmp_path / "1", tmp_path / "2")
+    _same_run(tmp_path / "1", tmp_path / "3")
 
 
 def test_ranks_that_disagree_fail_fast_with_a_clear_error(tmp_path):
