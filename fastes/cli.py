@@ -148,7 +148,8 @@ def _eval(args) -> int:
             params = strategy.params(trainer.state)
         eval_key = fold_in(key(args.seed), 2**31 - 1)
         out = task.evaluate(params, eval_key)
-        if args.video:
+        main = distributed.is_main()  # under torchrun, rank 0 alone films, writes and prints
+        if args.video and main:
             from .rl.gym import GymTask
             from .rl.video import write_video
 
@@ -157,6 +158,8 @@ def _eval(args) -> int:
             write_video(args.video, frames)
     finally:
         getattr(trainer.task, "close", lambda: None)()
+    if not main:
+        return 0
     print(f"{args.which} params of {args.run_dir} on {args.episodes} episodes: "
           f"mean return {out['score']:.2f} ± {out['score_std']:.2f}, "
           f"mean length {out['eval_length']:.1f}")  # fmt: skip
@@ -309,7 +312,7 @@ def main(argv=None) -> int:
     if argv[:1] == ["grid"]:
         return _grid(argv[1:])
     args = parser().parse_args(argv)
-    if args.func in (_train, _resume):
+    if args.func in (_train, _resume, _eval):
         distributed.init()  # under torchrun: join the group (a no-op otherwise)
     try:
         code = args.func(args)

@@ -161,6 +161,31 @@ def test_env_task_trainer_through_the_cli_is_the_same_on_1_2_and_3_processes(tmp
     _same_run(tmp_path / "1", tmp_path / "3")
 
 
+def test_resume_and_eval_under_torchrun_match_one_process(tmp_path):
+    # A run trained on one process, resumed on two (to 8 generations), equals the run trained
+    # to 8 on one; `fastes eval` on two processes prints one line, the one-process score.
+    plain = lambda *a: (
+        subprocess.run(
+            [sys.executable, *a],
+            env=ENV,
+            check=True,  # noqa: E731
+            timeout=120,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    plain(*_CLI, "--generations", "5", "--run-dir", str(tmp_path / "a"))
+    plain(*_CLI, "--generations", "8", "--run-dir", str(tmp_path / "b"))
+    torchrun(2, "-m", "fastes", "resume", str(tmp_path / "a"), "--generations", "8",
+             "--no-progress")  # fmt: skip
+    _same_run(tmp_path / "b", tmp_path / "a")
+    _, out = torchrun(2, "-m", "fastes", "eval", str(tmp_path / "a"), "--episodes", "5")
+    lines = [line for line in out.splitlines() if "params of" in line]
+    assert len(lines) == 1, out[-2000:]
+    one = plain("-m", "fastes", "eval", str(tmp_path / "a"), "--episodes", "5")
+    assert lines[0] == one.strip().splitlines()[-1]
+
+
 def test_ranks_that_disagree_fail_fast_with_a_clear_error(tmp_path):
     t0 = time.monotonic()
     rc, out = torchrun(2, WORKER, str(tmp_path / "x.pt"), "mismatch", check=False, timeout=90)
