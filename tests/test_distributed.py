@@ -268,8 +268,6 @@ def test_an_elastic_job_takes_a_joining_node_and_a_killed_worker_to_the_same_par
     # completes with the params, normaliser and history of an uninterrupted one-process run.
     gens, cli = "60", [*_CLI, "--episodes", "4"]
     ref, run = tmp_path / "ref", tmp_path / "run"
-    subprocess.run([sys.executable, *cli, "--generations", gens, "--run-dir", str(ref)],
-                   env=ENV, check=True, timeout=120, capture_output=True)  # fmt: skip
     elastic = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1:2",
                "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:"
                f"{_free_port()}", "--rdzv-id=join-and-kill", "--max-restarts=4",
@@ -285,6 +283,10 @@ def test_an_elastic_job_takes_a_joining_node_and_a_killed_worker_to_the_same_par
         return subprocess.Popen(elastic, env=env, start_new_session=True, **out)
 
     agents, seen, ckpt = [], set(), run / "checkpoint.pt"
+    # The uninterrupted one-process run, alongside (its own process; ~12 s of the test's wall).
+    reference = subprocess.Popen([sys.executable, *cli, "--generations", gens, "--run-dir",
+                                  str(ref)], env=ENV, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         agents.append(start())  # node A
         assert _wait_for(lambda: _checkpoint(ckpt), agents, seen, 60), "node A never trained"
@@ -295,7 +297,11 @@ def test_an_elastic_job_takes_a_joining_node_and_a_killed_worker_to_the_same_par
         assert victim, "node B has no worker to kill"
         os.kill(victim[0], signal.SIGKILL)
         outs = [agent.communicate(timeout=150)[0] for agent in agents]
+        assert reference.wait(timeout=120) == 0, reference.stderr.read()[-2000:]
     finally:
+        if reference.poll() is None:
+            reference.kill()
+            reference.wait()
         for agent in agents:
             seen.update(_children(agent.pid))
             if agent.poll() is None:
