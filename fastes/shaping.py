@@ -104,6 +104,14 @@ def _rank_weights_small(f: torch.Tensor, method: str, negate: bool = False) -> t
     return torch.from_numpy(w)
 
 
+def _all_finite(x: torch.Tensor) -> bool:
+    """Whether every value is finite: numpy's test on eager CPU tensors (~1 µs against ~7 µs of
+    torch ops and a host read), torch's elsewhere."""
+    if x.device.type == "cpu" and not torch.compiler.is_compiling() and x.dtype != torch.bfloat16:
+        return bool(np.isfinite(x.detach().numpy()).all())
+    return bool(torch.isfinite(x).all())
+
+
 def _rank_weights(f: torch.Tensor, method: str) -> torch.Tensor:
     """Rank-based weights of one objective (P,), ties averaged, NaN below everything.
 
@@ -185,7 +193,7 @@ def shape_fitness(
             and f.dtype in (torch.float32, torch.float64)
             and not torch.compiler.is_compiling()):  # fmt: skip
         if method == "raw":  # finite: the fitness itself, as the general path returns it
-            if np.isfinite(f[:, 0].detach().numpy()).all():
+            if _all_finite(f[:, 0]):
                 return (-f[:, 0] if minimize else f[:, 0].clone()), ShapeStats(0, 0)
         elif method != "zscore":
             w = _rank_weights_small(f[:, 0], method, minimize)  # None: NaN, inf or ties (below)
@@ -205,7 +213,7 @@ def shape_fitness(
         f = -f
     shape_one = _rank_weights if method in ("centered_ranks", "nes") else _value_weights
     if (K == 1 and objective_weights is None and f.device.type == "cpu"
-            and not torch.compiler.is_compiling() and bool(torch.isfinite(f).all())):  # fmt: skip
+            and not torch.compiler.is_compiling() and _all_finite(f)):  # fmt: skip
         # One finite objective on the CPU (the common small-D case): no counts to take, no
         # combination to make (x·1.0 is x) — the same weights in a few ops.
         return shape_one(f[:, 0], method), ShapeStats(0, 0)

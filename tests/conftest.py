@@ -36,6 +36,20 @@ def philox_numpy(c, k, rounds=10):
 
 
 @pytest.fixture
+def stop_and_resume(tmp_path):
+    """``run(make, stop, total)`` -> (uninterrupted, resumed) results: ``make(run_dir,
+    generations)`` builds a Trainer; one runs ``total`` generations, another stops at ``stop``
+    and a fresh trainer in the same run_dir resumes it to ``total``."""
+
+    def run(make, stop: int, total: int):
+        full = make(tmp_path / "full", total).run()
+        make(tmp_path / "split", stop).run()
+        return full, make(tmp_path / "split", total).run(resume=True)
+
+    return run
+
+
+@pytest.fixture
 def smoke_run():
     """``run(script)``: ``benchmarks/<script> --smoke`` in a fresh process — tiny sizes through
     the Triton interpreter on CPU (real kernels on a GPU) — asserting it exits 0; its stdout."""

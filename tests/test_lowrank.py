@@ -234,7 +234,7 @@ def test_frozen_leaves_never_move_and_chunks_give_the_same_step():
     torch.testing.assert_close(sc.mean, st.mean, rtol=0, atol=0)
 
 
-def test_trainer_runs_a_population_task_and_resumes_bit_identically(tmp_path):
+def test_trainer_runs_a_population_task_and_resumes_bit_identically(stop_and_resume):
     net = _mlp(torch.float32)
     p = _params(net)
     x = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
@@ -245,9 +245,7 @@ def test_trainer_runs_a_population_task_and_resumes_bit_identically(tmp_path):
         return fastes.Trainer(s, task, key=fastes.key(2), generations=gens, params=p,
                               run_dir=run_dir, checkpoint_every=2, progress=False)  # fmt: skip
 
-    full = trainer(tmp_path / "a", 5).run()
-    trainer(tmp_path / "b", 3).run()
-    resumed = trainer(tmp_path / "b", 5).run(resume=True)
+    full, resumed = stop_and_resume(trainer, 3, 5)
     for k in p:
         assert torch.equal(full.params[k], resumed.params[k]), k
 
@@ -345,7 +343,7 @@ def test_module_policy_acts_the_same_for_a_population_and_its_materialised_membe
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
-def test_env_task_trains_a_module_policy_in_population_mode_and_resumes(tmp_path):
+def test_env_task_trains_a_module_policy_in_population_mode_and_resumes(stop_and_resume):
     policy = _pendulum_policy()
     p = policy.init()
     with pytest.raises(ValueError, match="pass policy=fastes.rl.ModulePolicy"):
@@ -359,9 +357,7 @@ def test_env_task_trains_a_module_policy_in_population_mode_and_resumes(tmp_path
                               run_dir=run_dir, checkpoint_every=1, eval_every=2,
                               progress=False)  # fmt: skip
 
-    full = trainer(tmp_path / "a", 4).run()
-    trainer(tmp_path / "b", 2).run()
-    resumed = trainer(tmp_path / "b", 4).run(resume=True)
+    full, resumed = stop_and_resume(trainer, 2, 4)
     for k in p:
         assert torch.equal(full.params[k], resumed.params[k]), k
     assert not torch.equal(full.params["2.weight"], p["2.weight"])

@@ -164,7 +164,9 @@ def test_atomic_write_gives_files_the_usual_permissions(tmp_path):
     "name,torch_opt",
     [(n, False) for n in sorted(fastes.strategies.REGISTRY)] + [("openai_es", True)],
 )
-def test_every_strategy_checkpoints_and_resumes_bit_identically(name, torch_opt, tmp_path):
+def test_every_strategy_checkpoints_and_resumes_bit_identically(
+    name, torch_opt, tmp_path, stop_and_resume
+):
     # The checkpoint stores the strategy state as pytree leaves and rebuilds it from a fresh
     # strategy's template: this must hold for every state layout (CMA's matrices, IPOP's nested
     # restart state, ARS's observation statistics, optimizer states — torch.optim's too, whose
@@ -182,13 +184,11 @@ def test_every_strategy_checkpoints_and_resumes_bit_identically(name, torch_opt,
                               params=params, run_dir=run_dir, checkpoint_every=2,
                               progress=False)  # fmt: skip
 
-    full = trainer(tmp_path / "a", 5).run()
-    trainer(tmp_path / "b", 3).run()
-    resumed = trainer(tmp_path / "b", 5).run(resume=True)
+    full, resumed = stop_and_resume(trainer, 3, 5)
     for k in params:
         assert torch.equal(full.params[k], resumed.params[k]), k
-    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["strategy_state"]
-    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["strategy_state"]
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["strategy_state"]
+    b = load_checkpoint(tmp_path / "split" / "checkpoint.pt")["strategy_state"]
     assert len(a) == len(b)
     for x, y in zip(a, b, strict=True):  # bit-identical; IPOP's history is NaN-padded
         torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)
