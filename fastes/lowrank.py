@@ -204,26 +204,37 @@ class LowRankNoise:
         return self.weighted_sum_drawn(self.draw(k, rows), weights)
 
     def weighted_sum_drawn(
-        self, drawn: list[Any], weights: torch.Tensor, scale: float = 1.0
+        self,
+        drawn: list[Any],
+        weights: torch.Tensor,
+        scale: float = 1.0,
+        base: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``scale``·:meth:`weighted_sum` on factors from :meth:`draw` (drawn once per
-        generation). Each segment is written once, by its own product (no zero fill, no
-        separate scaling pass over D: at D = 4M those passes were a third of a generation)."""
+        generation), plus ``base`` (a (D,) float32 vector) when given: θ + c·Σ_j w_j ε_j for a
+        linear optimizer step in one pass. Each segment is written once, by its own product
+        (the GEMM adds ``base`` in its epilogue; no zero fill, no separate scaling or adding
+        pass over D: at D = 4M those passes were a third of a generation)."""
         w = weights.to(torch.float32)
         out = torch.empty(self.dim, dtype=torch.float32, device=w.device)
         for leaf, d in zip(self.layout, drawn):
-            seg = out[leaf.offset : leaf.offset + leaf.size]
+            sl = slice(leaf.offset, leaf.offset + leaf.size)
+            seg, add = out[sl], (None if base is None else base[sl])
             if leaf.kind == "full":
-                torch.mv(d.T, w * scale, out=seg)
+                torch.mv(d.T, w * scale, out=seg) if add is None else \
+                    torch.addmv(add, d.T, w * scale, out=seg)  # fmt: skip
             elif leaf.kind == "lowrank":
                 A, B = d  # (R, m, r), (R, n, r)
                 (m, n), R, r = leaf.shape, w.numel(), self.rank
                 ws = w * (scale / math.sqrt(r))
                 Aw = (A * ws[:, None, None]).transpose(0, 1).reshape(m, R * r)  # (m, R·r)
                 Bt = B.transpose(0, 1).reshape(n, R * r)  # (n, R·r)
-                torch.mm(Aw, Bt.T, out=seg.view(m, n))  # one GEMM
+                if add is None:
+                    torch.mm(Aw, Bt.T, out=seg.view(m, n))  # one GEMM
+                else:
+                    torch.addmm(add.view(m, n), Aw, Bt.T, out=seg.view(m, n))
             else:
-                seg.zero_()
+                seg.zero_() if add is None else seg.copy_(add)
         return out
 
     def perturb(self, k, rows, theta, sigma, antithetic, out):

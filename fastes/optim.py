@@ -56,6 +56,11 @@ class GradientTransformation(NamedTuple):
 
     init: Callable[[Any], Any]
     update: Callable[[Any, Any, Any], tuple[Any, Any]]
+    # Set by transformations whose updates are c·ĝ with a scalar c that does not depend on ĝ or
+    # the params (sgd): ``state -> (c, new_state)``, the same c and state ``update`` uses. A
+    # strategy may then fold c into its own reduction (eggroll: θ + c·Σ w_i ε_i as one GEMM per
+    # weight, no D-sized ĝ or updates). None for every other transformation.
+    linear: Callable[[Any], tuple[float, Any]] | None = None
 
 
 class EmptyState(NamedTuple):
@@ -158,7 +163,12 @@ def sgd(learning_rate) -> GradientTransformation:
         lr = schedule(int(state.count))
         return tree_map(lambda g: _member(lr, g) * g, grad), SgdState(state.count + 1)
 
-    return GradientTransformation(lambda params: SgdState(_count(params)), update)
+    def linear(state):  # per-member (tensor) rates are not one scalar: no linear form then
+        return schedule(int(state.count)), SgdState(state.count + 1)
+
+    per_member = isinstance(learning_rate, torch.Tensor)
+    init = lambda params: SgdState(_count(params))  # noqa: E731
+    return GradientTransformation(init, update, None if per_member else linear)
 
 
 def momentum(learning_rate, beta: float = 0.9, nesterov: bool = False):

@@ -381,3 +381,38 @@ def test_a_linear_subclass_with_its_own_forward_gets_full_rank_noise():
     x = torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     ref = torch.stack([functional_call(net, m, (x,)) for m in _explicit_members(s, st, key, 4)])
     torch.testing.assert_close(s.ask_population(st, key)(x), ref, rtol=0, atol=TOL64)
+
+
+def test_an_sgd_step_is_fused_into_the_update_gemms():
+    """With sgd, eggroll writes θ + lr·ĝ from its GEMMs (fastes.optim's ``linear`` form); the
+    unfused path (ĝ, then the optimizer's updates, then θ + updates) gives the same step to
+    float32 rounding, and frozen leaves stay bit-identical."""
+    net = _mlp(torch.float32)
+    p = _params(net)
+    x = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
+
+    def f(pop):
+        return -(pop(x) ** 2).mean((1, 2))
+
+    lr, P, sigma = 0.5, 8, 0.1
+    kw = dict(module=net, sigma=sigma, population_size=P, rank=2, freeze=["0.bias"])
+    fused = make("eggroll", p, optimizer=fastes.optim.sgd(lr), **kw)
+    plain = make("eggroll", p, optimizer=fastes.optim.sgd(lr)._replace(linear=None), **kw)
+    st, key = fused.init(p), fastes.key(5)
+    a, stats = fused.step(st, f, key)
+    b, _ = plain.step(st, f, key)
+    assert torch.equal(a.opt_state.count, b.opt_state.count) and int(a.generation) == 1
+    # Each entry is θ + Σ_j c_j·E_j (c_j = lr·(w_2j − w_2j+1)/(Pσ), j < P/2, r products each).
+    # Both forms round the θ-sized sum (2 roundings of u = 2^-24 relative at most, |θ_new|) and
+    # the P/2·r products and partial sums (≤ (P/2·r + 2)·u·Σ_j|c_j·E_j| each): the bound below.
+    w = stats.weights
+    c = lr * (w[0::2] - w[1::2]) / (P * sigma)
+    E = fused.noise.rows(key, torch.arange(P // 2), fused.dim)
+    terms = (c[:, None].double() * E.double()).abs().sum(0)
+    u = 2.0**-24
+    bound = 2 * u * a.mean.abs().double() + 2 * (P // 2 * 2 + 2) * u * terms
+    assert ((a.mean.double() - b.mean.double()).abs() <= bound).all()
+    assert not torch.equal(a.mean, st.mean)
+    frozen = next(leaf for leaf in fused.layout if leaf.name == "0.bias")
+    sl = slice(frozen.offset, frozen.offset + frozen.size)
+    assert torch.equal(a.mean[sl], st.mean[sl])

@@ -179,3 +179,18 @@ def test_torch_optimizer_needs_a_torch_optim_class():
     # (Resuming strategies that use one: test_trainer's every-strategy checkpoint test.)
     with pytest.raises(TypeError, match="torch.optim.Optimizer subclass"):
         optim.torch_optimizer(optim.adam, lr=0.1)
+
+
+def test_sgd_declares_its_linear_form_and_nothing_else_does():
+    opt = optim.sgd(fastes.schedules.exponential_decay(0.1, 0.5))  # a different c every step
+    state = opt.init({"x": torch.zeros(3)})
+    for _ in range(3):  # the scalar and the state update() uses, step after step
+        g = {"x": torch.tensor([1.0, -2.0, 0.5])}
+        updates, new = opt.update(g, state, None)
+        c, lin_state = opt.linear(state)
+        assert torch.equal(updates["x"], c * g["x"]) and torch.equal(new.count, lin_state.count)
+        state = new
+    # per-member rates, stateful or chained transformations have no single scalar
+    assert optim.sgd(torch.tensor([0.1, 0.2])).linear is None
+    for other in (optim.adam(0.1), optim.momentum(0.1), optim.chain(optim.sgd(0.1))):
+        assert other.linear is None

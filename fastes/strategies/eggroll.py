@@ -135,6 +135,13 @@ class EGGROLL(OpenES):
         w = self._scores(fitness, self.shaping)
         row_w = (w[0::2] - w[1::2]).to(torch.float32)
         scale = 1.0 / (self.population_size * sigma)
+        linear = self.optimizer.linear
+        if linear is not None and state.mean.dtype == torch.float32:
+            # sgd: θ + lr·ĝ straight from the GEMMs (no D-sized ĝ, updates or where passes;
+            # frozen leaves copy θ). Same sum, its rounding in the GEMM's epilogue.
+            lr, opt_state = linear(state.opt_state)
+            mean = self.noise.weighted_sum_drawn(drawn, row_w, scale * lr, base=state.mean)
+            return OpenESState(mean, opt_state, state.generation + 1), w
         g = self.noise.weighted_sum_drawn(drawn, row_w, scale).to(state.mean.dtype)
         return self._update(state, g), w
 
