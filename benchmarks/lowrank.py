@@ -12,8 +12,10 @@ For each model and population size P, every member sees B inputs of its own:
   only: at 256 members of 4.2 M parameters the members alone need 4.3 GB, at 1024 17 GB).
 
 Throughput = members' inputs per second; the ratio eggroll / plain is the target (>= 0.7 at
-r = 1). Medians of ``--repeats`` runs after one warm-up each, the runners of one row timed in
-turn (plain, eggroll, plain, ...), all in one process and one run.
+r = 1; the SGD step is the paper's update, Adam adds its D-sized passes). The runners of one row
+are timed in turn (plain, eggroll, plain, ...) ``--repeats`` times, each timed call right after
+an untimed one; times are medians, a ratio is the median of the per-repetition ratios. All in
+one process and one run.
 """
 
 from __future__ import annotations
@@ -60,7 +62,18 @@ def interleaved(runners: dict, repeats: int) -> dict:
     for _ in range(repeats):
         for k, fn in runners.items():
             times[k].append(timer("cpu", fn, 1))  # one warm-up call, then the timed one
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def medians(times: dict) -> dict:
+    """Median seconds per runner, and per eggroll runner the median over repetitions of
+    plain / eggroll within the repetition (neighbours in time share the machine's state)."""
+    out = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in times.items():
+        if k.startswith("eggroll_"):
+            ratio = statistics.median(p / t for p, t in zip(times["plain_s"], v, strict=True))
+            out["ratio_" + k[len("eggroll_") : -2]] = ratio
+    return out
 
 
 def throughput_rows(populations, ranks, repeats: int, full_rank: bool) -> list[dict]:
@@ -92,11 +105,8 @@ def throughput_rows(populations, ranks, repeats: int, full_rank: bool) -> list[d
                     runners[f"eggroll_r{r}_{opt}_s"] = lambda s=s, st=st, key=key: s.step(
                         st, fitness, key
                     )
-            row.update(interleaved(runners, repeats))
+            row.update(medians(interleaved(runners, repeats)))
             t_plain = row["plain_s"]
-            for r in ranks:
-                for opt in ("sgd", "adam"):
-                    row[f"ratio_r{r}_{opt}"] = t_plain / row[f"eggroll_r{r}_{opt}_s"]
             if full_rank and P == 64:
                 apply = fastes.functional(net)
                 s = make("openai_es", p, sigma=0.01, population_size=P, mode="vmap",

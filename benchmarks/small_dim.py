@@ -11,8 +11,8 @@ compilation:
   where it has one, same jitted form;
 * OpenAI-ES at D = 1000, P = 256: ``fastes.es_step`` against the naive PyTorch loop
   (``torch.randn``, ``cat`` of ±ε, members, fitness, centered ranks, one matmul);
-* R = 64 CMA-ES runs at D = 10 advanced together (``fastes.strategies.BatchedRuns``) against
-  the same 64 runs one after another.
+* R = 64 runs at D = 10 advanced together (``fastes.strategies.BatchedRuns``: CMA-ES,
+  sep-CMA-ES, SNES, CEM) against the same 64 runs one after another.
 
 Every runner restarts from x = 1 before each repetition (outside the timer): a run left going
 for the whole measurement (~1,500 generations) reaches float32 fitness that underflows to 0 for
@@ -174,12 +174,13 @@ def timed(runners: dict, reps: int, inner: int | None = None, budget_s: float = 
     return {n: statistics.median(t) for n, t in times.items()}
 
 
-def batched_runs(R: int = 64, D: int = 10, gens: int = 20, reps: int = 5) -> dict:
-    """R CMA-ES runs advanced together vs the same R runs one after another (ms/generation)."""
+def batched_runs(name: str = "cma_es", R: int = 64, D: int = 10, gens: int = 20,
+                 reps: int = 5) -> dict:  # fmt: skip
+    """R runs advanced together vs the same R runs one after another (ms/generation)."""
     from fastes.strategies import BatchedRuns
 
     x0 = {"x": torch.full((D,), 1.0)}
-    s = make("cma_es", x0, minimize=True, mode="batched")
+    s = make(name, x0, minimize=True, mode="batched")
     runs, keys = BatchedRuns(s, R), torch.stack([fastes.key(r) for r in range(R)])
 
     def together():
@@ -233,9 +234,10 @@ def main() -> None:
                     print(f"evosax {EVOSAX[name]} D={D}: {type(e).__name__}: {e}")
             out[f"{name} D={D} P={P}"] = t = timed(runners, max(3, reps // 3))
             print(f"{name} D={D} P={P}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in t.items()))
-    out["batched_runs R=64 cma_es D=10"] = t = batched_runs(reps=3 if args.quick else 7)
-    print(f"64 CMA-ES runs, D=10: batched {t['batched']:.2f} ms/gen, one after another "
-          f"{t['sequential']:.2f} ms/gen, {t['speedup']:.1f}x")  # fmt: skip
+    for name in ("cma_es", "sep_cma_es", "snes", "cem"):
+        out[f"batched_runs R=64 {name} D=10"] = t = batched_runs(name, reps=3 if args.quick else 7)
+        print(f"64 {name} runs, D=10: batched {t['batched']:.2f} ms/gen, one after another "
+              f"{t['sequential']:.2f} ms/gen, {t['speedup']:.1f}x")  # fmt: skip
     if args.out:
         from _common import environment, write_json
 

@@ -373,7 +373,7 @@ def test_a_key_changed_in_place_is_not_served_from_kept_rows():
     assert not torch.equal(s._z(k, ids), before)
 
 
-@pytest.mark.parametrize("name", ["cma_es", "sep_cma_es"])
+@pytest.mark.parametrize("name", ["cma_es", "sep_cma_es", "snes", "cem"])
 def test_batched_runs_equal_the_runs_one_at_a_time(name):
     # R runs advanced together (leading run dim, one batched update) against each run alone
     # with its key: the same operations on each run's slice, so the same bits.
@@ -405,8 +405,9 @@ def test_batched_runs_equal_the_runs_one_at_a_time(name):
 def test_batched_runs_reject_what_they_cannot_do():
     from fastes.strategies import BatchedRuns
 
-    with pytest.raises(NotImplementedError, match="supports cma_es and sep_cma_es"):
-        BatchedRuns(make("snes", {"x": torch.zeros(3)}), 4)
+    for name in ("openai_es", "xnes", "ipop_cma_es"):
+        with pytest.raises(NotImplementedError, match="supports cma_es, sep_cma_es, snes and cem"):
+            BatchedRuns(make(name, {"x": torch.zeros(3)}), 4)
     runs = BatchedRuns(make("cma_es", {"x": torch.zeros(3)}), 4)
     state = runs.init({"x": torch.zeros(3)})
     with pytest.raises(ValueError, match="keys must hold 4 keys"):

@@ -245,7 +245,7 @@ class Strategy:
             w = w[0::2] - w[1::2]
         rows = self._memo_rows(key, w.numel())
         if rows is not None:  # the same product the noise source computes, on kept rows
-            return torch.zeros(self.dim, dtype=torch.float32, device=w.device).addmv_(rows.T, w)
+            return _rows_weighted_sum(rows, w)
         return self.noise.weighted_sum(key, self._ids(0, w.numel()), w, self.dim)
 
     def _z_sq_weighted_sum(self, key: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -256,7 +256,7 @@ class Strategy:
         out = torch.zeros(self.dim, dtype=torch.float32, device=self.raveler.device)
         kept = self._memo_rows(key, w.numel())
         if kept is not None:
-            return out.addmv_(kept.square().T, w)
+            return _rows_weighted_sum(kept.square(), w)
         step = max(1, (4 * 2**20) // (4 * self.dim))
         for r0 in range(0, w.numel(), step):
             rows = self._ids(r0, min(r0 + step, w.numel()))
@@ -343,3 +343,19 @@ class Strategy:
     def _counter(self) -> torch.Tensor:
         """A () int64 generation counter on the params' device."""
         return torch.zeros((), dtype=torch.int64, device=self.raveler.device)
+
+    def _runs_scores(self, fitness: torch.Tensor, method: str) -> torch.Tensor:
+        """Shaped fitness (R, P) of R runs' fitness (R, P), each row as :meth:`_scores` alone."""
+        return torch.stack([self._scores(f, method) for f in fitness])
+
+
+def _rows_weighted_sum(rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Σ_i w_i·rows_i (D,) float32 for kept rows (n, D): the product every strategy's gradient
+    uses on rows it holds, so R runs advanced together (looping this per run) get the bits of
+    each run alone (a batched matmul rounds some sizes differently, measured)."""
+    return torch.zeros(rows.shape[-1], dtype=torch.float32, device=w.device).addmv_(rows.T, w)
+
+
+def _runs_weighted_sums(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """:func:`_rows_weighted_sum` of every run: z (R, n, D), w (R, n) -> (R, D)."""
+    return torch.stack([_rows_weighted_sum(zr, wr) for zr, wr in zip(z, w, strict=True)])

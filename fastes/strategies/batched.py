@@ -14,8 +14,12 @@ same ops on (R, ...) tensors, one batched ``eigh``, one noise gather for all run
     runs.params(state)                               # leaves (64, *shape)
 
 ``f`` receives the members of every run, leaves (R, λ, *shape), and returns fitness (R, λ):
-different problems per run are the user's to index by the leading dim. Supported: ``cma_es``
-and ``sep_cma_es`` (the restart strategy cannot share a generation counter across runs).
+different problems per run are the user's to index by the leading dim. Supported: ``cma_es``,
+``sep_cma_es``, ``snes`` and ``cem`` — the strategies without antithetic pairs or an optimizer
+state, whose tell is written for a run dim (``_tell_runs``). Reductions whose rounding a batched
+kernel could change (a weighted sum of noise rows, the elites' mean) run per run with the single
+run's own op; the rest is one op over all runs. The restart strategy cannot share a generation
+counter across runs.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from torch.utils import _pytree as pytree
 from .._validate import check_callable, positive_int
 from ..noise import TableNoise, table_offsets
 from ..prng import check_keys
-from .cma_es import CMAES, CMAState
+from .base import Strategy
 
 __all__ = ["BatchedRuns"]
 
@@ -37,16 +41,16 @@ __all__ = ["BatchedRuns"]
 class BatchedRuns:
     """``runs`` independent runs of ``strategy`` (see the module docstring)."""
 
-    def __init__(self, strategy: CMAES, runs: int) -> None:
-        if not isinstance(strategy, CMAES):
+    def __init__(self, strategy: Strategy, runs: int) -> None:
+        if not hasattr(strategy, "_tell_runs") or strategy.antithetic:
             raise NotImplementedError(
-                "BatchedRuns supports cma_es and sep_cma_es so far; got "
+                "BatchedRuns supports cma_es, sep_cma_es, snes and cem so far; got "
                 f"{getattr(strategy, 'name', type(strategy).__name__)!r}"
             )
         self.strategy = strategy
         self.runs = positive_int(runs, "runs")
 
-    def init(self, params: Any) -> CMAState:
+    def init(self, params: Any):
         """R states: all from ``params`` (the template), or from params whose leaves have a
         leading (R,) dim (a different starting point per run)."""
         s, R = self.strategy, self.runs
@@ -62,10 +66,11 @@ class BatchedRuns:
                 f"or those with a leading ({R},) run dim; got {[tuple(x.shape) for x in leaves]}"
             )
         states = [s.init(p) for p in starts]
-        shared = states[0].generation
-        return CMAState(*(torch.stack(f) for f in list(zip(*states, strict=True))[:-1]), shared)
+        shared = states[0].generation  # every state type ends with its generation counter
+        fields = list(zip(*states, strict=True))[:-1]
+        return type(states[0])(*(torch.stack(f) for f in fields), shared)
 
-    def params(self, state: CMAState) -> Any:
+    def params(self, state) -> Any:
         """Every run's search centre: the template's structure, leaves (R, *shape)."""
         rav = self.strategy.raveler
         return rav.unravel_batch(state.mean.to(rav.flat_dtype))
@@ -82,26 +87,27 @@ class BatchedRuns:
             return rows.view(self.runs, lam, s.dim)
         return torch.stack([s.noise.rows(k, ids, s.dim) for k in keys])
 
-    def ask(self, state: CMAState, keys: torch.Tensor, *, flat: bool = False) -> Any:
+    def ask(self, state, keys: torch.Tensor, *, flat: bool = False) -> Any:
         """Every run's members: a pytree with leaves (R, λ, *shape) (``flat``: (R, λ, D))."""
         return self._members(state, self._z(self._check_keys(keys)), flat)
 
-    def _members(self, state: CMAState, z: torch.Tensor, flat: bool = False) -> Any:
+    def _members(self, state, z: torch.Tensor, flat: bool = False) -> Any:
         """Members from the runs' noise z (R, λ, D): (R, λ, D), or the pytree of (R, λ, ...)."""
         s = self.strategy
-        members = s._members_from(state, z.double()).to(s.raveler.flat_dtype)
+        z = z.to(state.mean.dtype)  # float64 for the CMA family, as each run alone
+        members = s._members_from(state, z).to(s.raveler.flat_dtype)
         if flat:
             return members
         out = s.raveler.unravel_batch(members.reshape(-1, s.dim))
         return pytree.tree_map(lambda x: x.reshape(self.runs, -1, *x.shape[1:]), out)
 
-    def tell(self, state: CMAState, keys: torch.Tensor, fitness: Any) -> CMAState:
+    def tell(self, state, keys: torch.Tensor, fitness: Any):
         """The new states from fitness (R, λ) (maximized unless the strategy minimizes)."""
         return self._tell(state, self._check_keys(keys), self._check_fitness(fitness),
                           self._z(keys))  # fmt: skip
 
-    def step(self, state: CMAState, fitness_fn: Callable[[Any], Any],
-             keys: torch.Tensor) -> tuple[CMAState, torch.Tensor]:  # fmt: skip
+    def step(self, state, fitness_fn: Callable[[Any], Any],
+             keys: torch.Tensor) -> tuple[Any, torch.Tensor]:  # fmt: skip
         """Ask, evaluate ``fitness_fn`` on every run's members at once, tell: returns the new
         states and the fitness (R, λ)."""
         check_callable(fitness_fn, "fitness_fn")
@@ -110,10 +116,7 @@ class BatchedRuns:
         return self._tell(state, keys, fitness, z), fitness
 
     def _tell(self, state, keys, fitness, z):
-        s = self.strategy
-        order = s._order_runs(fitness)  # (R, λ) best first, per run
-        z = z.gather(1, order[..., None].expand(-1, -1, s.dim)).double()
-        return s._update(state, z, order)[0]
+        return self.strategy._tell_runs(state, z, fitness)
 
     def _check_keys(self, keys: torch.Tensor) -> torch.Tensor:
         check_keys(keys)

@@ -60,15 +60,32 @@ class CEM(Strategy):
         return CEMState(mean, torch.full_like(mean, self.sigma0), self._counter())
 
     def _members(self, state, key, ids):
-        return state.mean + state.sigma * self._z(key, ids)
+        return self._members_from(state, self._z(key, ids))
+
+    def _members_from(self, state, z):
+        """μ + σ ⊙ z for z (..., m, D) (a leading run dim for batched runs)."""
+        return state.mean[..., None, :] + state.sigma[..., None, :] * z
 
     def _tell(self, state, key, fitness):
         elites = self._order(fitness)[: self.n_elite]
         x = self._members(state, key, elites)  # (k, D), regenerated
+        new = self._refit(state, x.mean(0), x.std(0, unbiased=False))
+        weights = torch.zeros(self.population_size, dtype=new.mean.dtype, device=new.mean.device)
+        weights[elites] = self.smoothing / self.n_elite  # each elite's share of the refit mean
+        return new, weights
+
+    def _tell_runs(self, state, z, fitness):
+        """R runs' tell from their noise z (R, λ, D) (:class:`BatchedRuns`): each run's elite
+        statistics as alone, one refit over the run dim."""
+        elites = self._order_runs(fitness)[:, : self.n_elite]  # (R, k)
+        z = z.gather(1, elites[..., None].expand(-1, -1, self.dim))
+        x = self._members_from(state, z)  # (R, k, D)
+        mean = torch.stack([xr.mean(0) for xr in x])
+        return self._refit(state, mean, torch.stack([xr.std(0, unbiased=False) for xr in x]))
+
+    def _refit(self, state, elite_mean, elite_std):
         a = self.smoothing
         extra = self.noise_floor(int(state.generation))
-        mean = (1 - a) * state.mean + a * x.mean(0)
-        sigma = (1 - a) * state.sigma + a * (x.std(0, unbiased=False) + extra)
-        weights = torch.zeros(self.population_size, dtype=mean.dtype, device=mean.device)
-        weights[elites] = a / self.n_elite  # each elite's share of the refit mean
-        return CEMState(mean, sigma, state.generation + 1), weights
+        mean = (1 - a) * state.mean + a * elite_mean
+        sigma = (1 - a) * state.sigma + a * (elite_std + extra)
+        return CEMState(mean, sigma, state.generation + 1)

@@ -127,6 +127,13 @@ class CMAES(Strategy):
         order = self._order(fitness)  # best first
         return self._update(state, self._z(key, order).double(), order)
 
+    def _tell_runs(self, state, z, fitness):
+        """R runs' tell from their noise z (R, λ, D) (:class:`BatchedRuns`): one update over
+        the run dim (the same operations on each run's slice: the same bits, tested)."""
+        order = self._order_runs(fitness)  # (R, λ) best first, per run
+        z = z.gather(1, order[..., None].expand(-1, -1, self.dim)).double()
+        return self._update(state, z, order)[0]
+
     def _update(self, state, z, order):
         """The CMA update from z (..., λ, D) sorted best first (``order`` (..., λ) maps sorted
         position to member). Written over optional leading run dims: one run here, R runs in

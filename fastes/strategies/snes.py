@@ -19,7 +19,7 @@ import torch
 
 from .._validate import real
 from ..schedules import resolve
-from .base import Strategy
+from .base import Strategy, _runs_weighted_sums
 
 
 class SNESState(NamedTuple):
@@ -66,12 +66,28 @@ class SNES(NESBase):
         return SNESState(mean, torch.full_like(mean, self.sigma0), self._counter())
 
     def _members(self, state, key, ids):
-        return state.mean + state.sigma * self._z(key, ids)
+        return self._members_from(state, self._z(key, ids))
+
+    def _members_from(self, state, z):
+        """μ + σ ⊙ z for z (..., m, D) (a leading run dim for batched runs)."""
+        return state.mean[..., None, :] + state.sigma[..., None, :] * z
 
     def _tell(self, state, key, fitness):
         u = self._scores(fitness, "nes")
         grad_mu = self._z_weighted_sum(key, u)
         grad_sigma = self._z_sq_weighted_sum(key, u) - u.sum()
+        return self._update(state, grad_mu, grad_sigma), u
+
+    def _tell_runs(self, state, z, fitness):
+        """R runs' tell from their noise z (R, λ, D) (:class:`BatchedRuns`): each run's sums as
+        alone, one update over the run dim."""
+        u = self._runs_scores(fitness, "nes")
+        w = u.to(torch.float32)
+        grad_mu = _runs_weighted_sums(z, w)
+        u_sum = torch.stack([ur.sum() for ur in u])[:, None]
+        return self._update(state, grad_mu, _runs_weighted_sums(z.square(), w) - u_sum)
+
+    def _update(self, state, grad_mu, grad_sigma):
         mean = state.mean + self.eta_mu(int(state.generation)) * state.sigma * grad_mu
         sigma = state.sigma * torch.exp(0.5 * self.eta_sigma * grad_sigma)
-        return SNESState(mean, sigma, state.generation + 1), u
+        return SNESState(mean, sigma, state.generation + 1)
