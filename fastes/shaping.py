@@ -85,22 +85,23 @@ _TABLES_NP: dict[tuple, np.ndarray] = {}
 def _rank_weights_small(f: torch.Tensor, method: str, negate: bool = False) -> torch.Tensor | None:
     """:func:`_rank_weights` of a finite CPU float32/float64 fitness without ties, in numpy (the
     same float64 table entries cast once to f's dtype: the same bits); None when a NaN, an
-    infinity or a tie needs the general path."""
+    infinity or a tie needs the general path. f may hold several runs' fitness (R, P): each row
+    ranked alone (:class:`fastes.strategies.BatchedRuns`), None if any row needs the general
+    path."""
     v = f.detach().numpy()
     v = -v if negate else v  # exact, as torch's -f
-    order = np.argsort(v, kind="stable")  # ascending: position 0 is the worst
-    s = v[order]
-    if not np.isfinite(s).all() or (s[1:] == s[:-1]).any():
+    order = np.argsort(v, axis=-1, kind="stable")  # ascending: position 0 is the worst
+    s = np.take_along_axis(v, order, -1)
+    if not np.isfinite(s).all() or (s[..., 1:] == s[..., :-1]).any():
         return None
-    k = (v.size, method, v.dtype.str)
+    n = v.shape[-1]
+    k = (n, method, v.dtype.str)
     if k not in _TABLES_NP:
         if len(_TABLES_NP) > 64:
             _TABLES_NP.clear()
-        _TABLES_NP[k] = (
-            _make_rank_table(v.size, method, torch.float64, "cpu").numpy().astype(v.dtype)
-        )
+        _TABLES_NP[k] = _make_rank_table(n, method, torch.float64, "cpu").numpy().astype(v.dtype)
     w = np.empty_like(v)
-    w[order] = _TABLES_NP[k]
+    np.put_along_axis(w, order, np.broadcast_to(_TABLES_NP[k], v.shape), -1)
     return torch.from_numpy(w)
 
 

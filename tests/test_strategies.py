@@ -418,3 +418,18 @@ def test_batched_runs_reject_what_they_cannot_do():
         runs.step(state, lambda p: p["x"].sum(), torch.stack([fastes.key(0)] * 4))
     with pytest.raises(ValueError, match="leading \\(4,\\) run dim"):
         runs.init({"x": torch.zeros(5, 3)})
+
+
+@pytest.mark.parametrize("method", ["nes", "centered_ranks"])
+@pytest.mark.parametrize("minimize", [False, True])
+def test_runs_scores_equal_each_run_shaped_alone(method, minimize):
+    # BatchedRuns ranks all runs in one numpy call when each run would take that shortcut
+    # alone, else run by run: the weights of every row are those of the row shaped alone.
+    s = make("snes", {"x": torch.zeros(3)}, population_size=6, minimize=minimize)
+    f = torch.randn(5, 6, generator=torch.Generator().manual_seed(0))
+    alone = torch.stack([s._scores(row, method) for row in f])
+    assert torch.equal(s._runs_scores(f, method), alone)
+    for bad in (1.0, float("nan")):  # a tie, a NaN in one run: the per-run path
+        g = f.clone()
+        g[2, 3] = g[2, 0] if bad == 1.0 else bad
+        assert torch.equal(s._runs_scores(g, method), torch.stack([s._scores(r, method) for r in g]))

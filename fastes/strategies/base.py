@@ -44,7 +44,7 @@ from .._validate import (
 from ..es import FitnessStats, default_chunk_size, resolve_noise
 from ..evaluate import evaluate_population
 from ..prng import check_key
-from ..shaping import _all_finite, shape_fitness
+from ..shaping import _SMALL_P, _all_finite, _rank_weights_small, shape_fitness
 from ..tree import raveler
 
 __all__ = ["Strategy"]
@@ -345,8 +345,17 @@ class Strategy:
         return torch.zeros((), dtype=torch.int64, device=self.raveler.device)
 
     def _runs_scores(self, fitness: torch.Tensor, method: str) -> torch.Tensor:
-        """Shaped fitness (R, P) of R runs' fitness (R, P), each row as :meth:`_scores` alone."""
-        return torch.stack([self._scores(f, method) for f in fitness])
+        """Shaped fitness (R, P) of R runs' fitness (R, P), each row as :meth:`_scores` alone:
+        all rows ranked in one numpy call where every run takes that shortcut alone."""
+        f = fitness if fitness.is_floating_point() else fitness.float()
+        if (method in ("centered_ranks", "nes") and self.objective_weights is None
+                and 1 < f.shape[1] <= _SMALL_P and f.device.type == "cpu"
+                and f.dtype in (torch.float32, torch.float64)
+                and not torch.compiler.is_compiling()):  # fmt: skip
+            w = _rank_weights_small(f, method, self.minimize)
+            if w is not None:
+                return w
+        return torch.stack([self._scores(row, method) for row in fitness])
 
 
 def _rows_weighted_sum(rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
