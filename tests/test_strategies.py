@@ -432,4 +432,5 @@ def test_runs_scores_equal_each_run_shaped_alone(method, minimize):
     for bad in (1.0, float("nan")):  # a tie, a NaN in one run: the per-run path
         g = f.clone()
         g[2, 3] = g[2, 0] if bad == 1.0 else bad
-        assert torch.equal(s._runs_scores(g, method), torch.stack([s._scores(r, method) for r in g]))
+        alone = torch.stack([s._scores(row, method) for row in g])
+        assert torch.equal(s._runs_scores(g, method), alone)
