@@ -61,6 +61,11 @@ class GradientTransformation(NamedTuple):
     # strategy may then fold c into its own reduction (eggroll: θ + c·Σ w_i ε_i as one GEMM per
     # weight, no D-sized ĝ or updates). None for every other transformation.
     linear: Callable[[Any], tuple[float, Any]] | None = None
+    # True for transformations whose update of each element depends only on that element's
+    # gradient, state and param (and the step count): params stacked along a leading dim then
+    # step slice by slice exactly as each slice alone (sgd, momentum, adam, adamw, decay and
+    # chains of them; not clipup, whose norms span the whole tree, nor torch_optimizer).
+    elementwise: bool = False
 
 
 class EmptyState(NamedTuple):
@@ -168,7 +173,7 @@ def sgd(learning_rate) -> GradientTransformation:
 
     per_member = isinstance(learning_rate, torch.Tensor)
     init = lambda params: SgdState(_count(params))  # noqa: E731
-    return GradientTransformation(init, update, None if per_member else linear)
+    return GradientTransformation(init, update, None if per_member else linear, elementwise=True)
 
 
 def momentum(learning_rate, beta: float = 0.9, nesterov: bool = False):
@@ -185,7 +190,7 @@ def momentum(learning_rate, beta: float = 0.9, nesterov: bool = False):
         step = tree_map(lambda v, g: _member(beta, v) * v + g, v, grad) if nesterov else v
         return tree_map(lambda s: _member(lr, s) * s, step), MomentumState(v, state.count + 1)
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init, update, elementwise=True)
 
 
 def adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
@@ -217,7 +222,7 @@ def adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
 
         return tree_map(step, mu, nu), AdamState(count, mu, nu)
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init, update, elementwise=True)
 
 
 def clipup(learning_rate, max_speed: float | None = None, beta: float = 0.9):
@@ -274,7 +279,8 @@ def add_decayed_weights(weight_decay: float, learning_rate=1.0) -> GradientTrans
         new = tree_map(lambda g, p: g - _member(scale, p) * p.detach(), grad, params)
         return new, DecayState(state.count + 1)
 
-    return GradientTransformation(lambda params: DecayState(_count(params)), update)
+    init = lambda params: DecayState(_count(params))  # noqa: E731
+    return GradientTransformation(init, update, elementwise=True)
 
 
 def adamw(
@@ -300,7 +306,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
             new_states.append(s)
         return grad, tuple(new_states)
 
-    return GradientTransformation(init, update)
+    elementwise = all(t.elementwise for t in transforms)
+    return GradientTransformation(init, update, elementwise=elementwise)
 
 
 class TorchOptimizerState(NamedTuple):

@@ -194,3 +194,39 @@ def test_sgd_declares_its_linear_form_and_nothing_else_does():
     assert optim.sgd(torch.tensor([0.1, 0.2])).linear is None
     for other in (optim.adam(0.1), optim.momentum(0.1), optim.chain(optim.sgd(0.1))):
         assert other.linear is None
+
+
+ELEMENTWISE = {
+    "sgd": lambda: optim.sgd(0.1),
+    "momentum": lambda: optim.momentum(0.1, nesterov=True),
+    "adam": lambda: optim.adam(0.1),
+    "adamw": lambda: optim.adamw(0.1, weight_decay=0.1),
+    "coupled decay": lambda: optim.chain(optim.add_decayed_weights(0.1), optim.adam(0.1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ELEMENTWISE))
+def test_elementwise_transformations_step_stacked_params_slice_by_slice(name):
+    # What BatchedRuns relies on: params stacked along a leading dim (runs) step exactly as
+    # each slice alone, the step count shared.
+    opt = ELEMENTWISE[name]()
+    assert opt.elementwise
+    gen = torch.Generator().manual_seed(0)
+    params = torch.randn(4, 7, generator=gen)
+    state = opt.init(params)
+    alone = [(params[r].clone(), opt.init(params[r])) for r in range(4)]
+    for _ in range(3):
+        g = torch.randn(4, 7, generator=gen)
+        updates, state = opt.update(g, state, params)
+        params = params + updates
+        for r, (p, s) in enumerate(alone):
+            u, s = opt.update(g[r], s, p)
+            alone[r] = (p + u, s)
+    for r, (p, _) in enumerate(alone):
+        assert torch.equal(params[r], p)
+
+
+def test_transformations_whose_step_spans_the_tree_are_not_elementwise():
+    assert not optim.clipup(0.1).elementwise
+    assert not optim.chain(optim.adam(0.1), optim.clipup(0.1)).elementwise
+    assert not optim.torch_optimizer(torch.optim.Adam, lr=0.1).elementwise

@@ -8,6 +8,7 @@ import torch
 
 import fastes
 from fastes.strategies import REGISTRY, TEST_FUNCTION_SETTINGS, make
+from fastes.tree import tree_leaves
 
 
 def sphere(x):
@@ -373,7 +374,7 @@ def test_a_key_changed_in_place_is_not_served_from_kept_rows():
     assert not torch.equal(s._z(k, ids), before)
 
 
-@pytest.mark.parametrize("name", ["cma_es", "sep_cma_es", "snes", "cem"])
+@pytest.mark.parametrize("name", ["cma_es", "sep_cma_es", "snes", "cem", "openai_es"])
 def test_batched_runs_equal_the_runs_one_at_a_time(name):
     # R runs advanced together (leading run dim, one batched update) against each run alone
     # with its key: the same operations on each run's slice, so the same bits.
@@ -392,22 +393,30 @@ def test_batched_runs_equal_the_runs_one_at_a_time(name):
         alone = s.init({"x": starts["x"][r]})
         for g in range(12):
             alone, _ = s.step(alone, lambda p: rosenbrock(p["x"]), fastes.fold_in(keys[r], g))
-        for a, b in zip(state, alone, strict=True):
+        leaves = zip(tree_leaves(state), tree_leaves(alone), strict=True)  # optimizer states too
+        for a, b in leaves:
             assert torch.equal(a if a.ndim == b.ndim else a[r], b)
     assert runs.params(state)["x"].shape == (R, 6)
     # ask / tell give the same as step.
     members = runs.ask(state, keys)
     told = runs.tell(state, keys, rosenbrock(members["x"]))
     stepped, _ = runs.step(state, lambda p: rosenbrock(p["x"]), keys)
-    assert all(torch.equal(a, b) for a, b in zip(told, stepped, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(*map(tree_leaves, (told, stepped)), strict=True))
 
 
 def test_batched_runs_reject_what_they_cannot_do():
     from fastes.strategies import BatchedRuns
 
-    for name in ("openai_es", "xnes", "ipop_cma_es"):
-        with pytest.raises(NotImplementedError, match="supports cma_es, sep_cma_es, snes and cem"):
+    for name in ("pgpe", "xnes", "ipop_cma_es"):
+        with pytest.raises(NotImplementedError, match="supports cma_es, sep_cma_es, snes, cem"):
             BatchedRuns(make(name, {"x": torch.zeros(3)}), 4)
+    clipped = make("openai_es", {"x": torch.zeros(3)}, optimizer=fastes.optim.clipup(0.1))
+    with pytest.raises(NotImplementedError, match="steps each element alone"):
+        BatchedRuns(clipped, 4)
+    net = torch.nn.Linear(3, 2)
+    egg = make("eggroll", {k: v.detach() for k, v in net.named_parameters()}, module=net)
+    with pytest.raises(NotImplementedError, match="does not run eggroll"):
+        BatchedRuns(egg, 4)
     runs = BatchedRuns(make("cma_es", {"x": torch.zeros(3)}), 4)
     state = runs.init({"x": torch.zeros(3)})
     with pytest.raises(ValueError, match="keys must hold 4 keys"):

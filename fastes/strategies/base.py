@@ -344,6 +344,9 @@ class Strategy:
         """A () int64 generation counter on the params' device."""
         return torch.zeros((), dtype=torch.int64, device=self.raveler.device)
 
+    def _check_runs(self) -> None:
+        """Raise NotImplementedError when this configuration cannot run as batched runs."""
+
     def _runs_scores(self, fitness: torch.Tensor, method: str) -> torch.Tensor:
         """Shaped fitness (R, P) of R runs' fitness (R, P), each row as :meth:`_scores` alone:
         all rows ranked in one numpy call where every run takes that shortcut alone."""

@@ -15,11 +15,14 @@ same ops on (R, ...) tensors, one batched ``eigh``, one noise gather for all run
 
 ``f`` receives the members of every run, leaves (R, λ, *shape), and returns fitness (R, λ):
 different problems per run are the user's to index by the leading dim. Supported: ``cma_es``,
-``sep_cma_es``, ``snes`` and ``cem`` — the strategies without antithetic pairs or an optimizer
-state, whose tell is written for a run dim (``_tell_runs``). Reductions whose rounding a batched
-kernel could change (a weighted sum of noise rows, the elites' mean) run per run with the single
-run's own op; the rest is one op over all runs. The restart strategy cannot share a generation
-counter across runs.
+``sep_cma_es``, ``snes``, ``cem`` and ``openai_es`` with an elementwise optimizer (sgd, momentum,
+adam, adamw: ``GradientTransformation.elementwise``), whose tell is written for a run dim
+(``_tell_runs``). Reductions whose rounding a batched kernel could change (a weighted sum of
+noise rows, the elites' mean) run per run with the single run's own op; the rest is one op over
+all runs. Counters (the generation, an optimizer's step count) are shared: the runs advance in
+lockstep. Not supported: ``pgpe`` and ``ars`` (not written for a run dim yet), ``xnes``,
+``eggroll`` (its update is a GEMM over factors) and the restart strategy (its runs would need
+generation counters of their own).
 """
 
 from __future__ import annotations
@@ -42,11 +45,12 @@ class BatchedRuns:
     """``runs`` independent runs of ``strategy`` (see the module docstring)."""
 
     def __init__(self, strategy: Strategy, runs: int) -> None:
-        if not hasattr(strategy, "_tell_runs") or strategy.antithetic:
+        if not hasattr(strategy, "_tell_runs"):
             raise NotImplementedError(
-                "BatchedRuns supports cma_es, sep_cma_es, snes and cem so far; got "
+                "BatchedRuns supports cma_es, sep_cma_es, snes, cem and openai_es so far; got "
                 f"{getattr(strategy, 'name', type(strategy).__name__)!r}"
             )
+        strategy._check_runs()
         self.strategy = strategy
         self.runs = positive_int(runs, "runs")
 
@@ -65,10 +69,12 @@ class BatchedRuns:
                 f"params must have the template's shapes {[tuple(t) for t in s.raveler.shapes]} "
                 f"or those with a leading ({R},) run dim; got {[tuple(x.shape) for x in leaves]}"
             )
-        states = [s.init(p) for p in starts]
-        shared = states[0].generation  # every state type ends with its generation counter
-        fields = list(zip(*states, strict=True))[:-1]
-        return type(states[0])(*(torch.stack(f) for f in fields), shared)
+        # Counters (int64 scalars: the generation, an optimizer's step count) are shared by
+        # all runs, which advance in lockstep; every other leaf gets a leading run dim.
+        return pytree.tree_map(
+            lambda *xs: xs[0] if _is_counter(xs[0]) else torch.stack(xs),
+            *(s.init(p) for p in starts),
+        )
 
     def params(self, state) -> Any:
         """Every run's search centre: the template's structure, leaves (R, *shape)."""
@@ -78,14 +84,19 @@ class BatchedRuns:
     def _z(self, keys: torch.Tensor) -> torch.Tensor:
         """(R, λ, D) float32 standard normals: row i of run r as the strategy draws it for
         keys[r] — one gather from the noise table for all runs where the table is used."""
-        s, lam = self.strategy, self.strategy.population_size
-        ids = s._ids(0, lam)
+        s = self.strategy
+        n = s.population_size // s._per_pair  # noise rows: one per antithetic pair
+        ids = s._ids(0, n)
         if isinstance(s.noise, TableNoise):
             t = s.noise.table.values
-            offsets = table_offsets(keys, ids, s.dim, t.numel())  # (R, λ)
+            offsets = table_offsets(keys, ids, s.dim, t.numel())  # (R, n)
             rows = torch.index_select(t.unfold(0, s.dim, 1), 0, offsets.reshape(-1))
-            return rows.view(self.runs, lam, s.dim)
-        return torch.stack([s.noise.rows(k, ids, s.dim) for k in keys])
+            rows = rows.view(self.runs, n, s.dim)
+        else:
+            rows = torch.stack([s.noise.rows(k, ids, s.dim) for k in keys])
+        if s.antithetic:  # members 2j, 2j + 1: z_j, −z_j, as a single run draws them
+            return torch.stack([rows, -rows], 2).reshape(self.runs, 2 * n, s.dim)
+        return rows
 
     def ask(self, state, keys: torch.Tensor, *, flat: bool = False) -> Any:
         """Every run's members: a pytree with leaves (R, λ, *shape) (``flat``: (R, λ, D))."""
@@ -131,3 +142,7 @@ class BatchedRuns:
             raise ValueError(f"fitness must be real numbers of shape {shape} (runs, members); "
                              f"got {f.dtype} {tuple(f.shape)}")  # fmt: skip
         return f.detach().to(self.strategy.raveler.device)
+
+
+def _is_counter(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.ndim == 0 and x.dtype == torch.int64

@@ -75,6 +75,12 @@ class EGGROLL(OpenES):
                     self._frozen = torch.zeros(self.dim, dtype=torch.bool, device=device)
                 self._frozen[leaf.offset : leaf.offset + leaf.size] = True
 
+    def _check_runs(self) -> None:
+        raise NotImplementedError(
+            "BatchedRuns does not run eggroll: its update is a GEMM over low-rank factors, not "
+            "sums of noise rows; advance the runs one by one"
+        )
+
     def _update(self, state, g) -> OpenESState:
         new = super()._update(state, g)
         if self._frozen is None:

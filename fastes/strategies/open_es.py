@@ -21,7 +21,7 @@ from ..es import _flat_estimate
 from ..prng import check_key
 from ..schedules import resolve
 from ..shaping import METHODS
-from .base import Strategy
+from .base import Strategy, _runs_weighted_sums
 
 
 class OpenESState(NamedTuple):
@@ -75,7 +75,11 @@ class OpenES(Strategy):
         return OpenESState(mean, self.optimizer.init(mean), self._counter())
 
     def _members(self, state, key, ids):
-        return state.mean + self.sigma(int(state.generation)) * self._z(key, ids)
+        return self._members_from(state, self._z(key, ids))
+
+    def _members_from(self, state, z):
+        """θ + σ·z for z (..., m, D) (a leading run dim for batched runs)."""
+        return state.mean[..., None, :] + self.sigma(int(state.generation)) * z
 
     def _update(self, state, g) -> OpenESState:
         updates, opt_state = self.optimizer.update(g, state.opt_state, state.mean)
@@ -86,6 +90,21 @@ class OpenES(Strategy):
         w = self._scores(fitness, self.shaping)
         g = self._z_weighted_sum(key, w).to(state.mean.dtype) / (self.population_size * sigma)
         return self._update(state, g), w
+
+    def _check_runs(self) -> None:
+        if not self.optimizer.elementwise:
+            raise NotImplementedError(
+                f"BatchedRuns needs an optimizer that steps each element alone (sgd, momentum, "
+                f"adam, adamw, decay) to update R runs at once; {self.name}'s is not"
+            )
+
+    def _tell_runs(self, state, z, fitness):
+        """R runs' tell from their noise z (R, λ, D) (:class:`BatchedRuns`): each run's
+        gradient as alone, one optimizer step over the run dim (elementwise optimizers only)."""
+        sigma = self.sigma(int(state.generation))
+        w = self._runs_scores(fitness, self.shaping).to(torch.float32)
+        g = _runs_weighted_sums(z[:, 0::2], w[:, 0::2] - w[:, 1::2])  # the antithetic fold
+        return self._update(state, g.to(state.mean.dtype) / (self.population_size * sigma))
 
     def step(self, state, fitness_fn, key, fitness_args=()):
         """One generation through :func:`fastes.es_step`'s estimator (chunked evaluation, noise
