@@ -374,7 +374,7 @@ def test_a_key_changed_in_place_is_not_served_from_kept_rows():
     assert not torch.equal(s._z(k, ids), before)
 
 
-@pytest.mark.parametrize("name", ["cma_es", "sep_cma_es", "snes", "cem", "openai_es"])
+@pytest.mark.parametrize("name", ["cma_es", "sep_cma_es", "snes", "cem", "openai_es", "pgpe"])
 def test_batched_runs_equal_the_runs_one_at_a_time(name):
     # R runs advanced together (leading run dim, one batched update) against each run alone
     # with its key: the same operations on each run's slice, so the same bits.
@@ -382,7 +382,8 @@ def test_batched_runs_equal_the_runs_one_at_a_time(name):
 
     R, x0 = 5, {"x": torch.zeros(6)}
     starts = {"x": torch.linspace(-1, 1, R)[:, None] + torch.arange(6.0)}  # one start per run
-    s = make(name, x0, minimize=True, mode="batched", sigma=0.5)
+    kw = dict(optimizer=fastes.optim.adam(0.05)) if name == "pgpe" else {}  # not ClipUp
+    s = make(name, x0, minimize=True, mode="batched", sigma=0.5, **kw)
     runs = BatchedRuns(s, R)
     keys = torch.stack([fastes.key(40 + r) for r in range(R)])
     state = runs.init(starts)
@@ -407,9 +408,11 @@ def test_batched_runs_equal_the_runs_one_at_a_time(name):
 def test_batched_runs_reject_what_they_cannot_do():
     from fastes.strategies import BatchedRuns
 
-    for name in ("pgpe", "xnes", "ipop_cma_es"):
+    for name in ("ars", "xnes", "ipop_cma_es"):
         with pytest.raises(NotImplementedError, match="supports cma_es, sep_cma_es, snes, cem"):
             BatchedRuns(make(name, {"x": torch.zeros(3)}), 4)
+    with pytest.raises(NotImplementedError, match="pgpe's default, ClipUp"):
+        BatchedRuns(make("pgpe", {"x": torch.zeros(3)}), 4)
     clipped = make("openai_es", {"x": torch.zeros(3)}, optimizer=fastes.optim.clipup(0.1))
     with pytest.raises(NotImplementedError, match="steps each element alone"):
         BatchedRuns(clipped, 4)

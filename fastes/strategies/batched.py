@@ -15,12 +15,13 @@ same ops on (R, ...) tensors, one batched ``eigh``, one noise gather for all run
 
 ``f`` receives the members of every run, leaves (R, λ, *shape), and returns fitness (R, λ):
 different problems per run are the user's to index by the leading dim. Supported: ``cma_es``,
-``sep_cma_es``, ``snes``, ``cem`` and ``openai_es`` with an elementwise optimizer (sgd, momentum,
-adam, adamw: ``GradientTransformation.elementwise``), whose tell is written for a run dim
+``sep_cma_es``, ``snes``, ``cem``, and ``openai_es`` and ``pgpe`` with an elementwise optimizer
+(sgd, momentum, adam, adamw: ``GradientTransformation.elementwise``; not pgpe's default ClipUp),
+whose tell is written for a run dim
 (``_tell_runs``). Reductions whose rounding a batched kernel could change (a weighted sum of
 noise rows, the elites' mean) run per run with the single run's own op; the rest is one op over
 all runs. Counters (the generation, an optimizer's step count) are shared: the runs advance in
-lockstep. Not supported: ``pgpe`` and ``ars`` (not written for a run dim yet), ``xnes``,
+lockstep. Not supported: ``ars`` (not written for a run dim yet), ``xnes``,
 ``eggroll`` (its update is a GEMM over factors) and the restart strategy (its runs would need
 generation counters of their own).
 """
@@ -47,8 +48,8 @@ class BatchedRuns:
     def __init__(self, strategy: Strategy, runs: int) -> None:
         if not hasattr(strategy, "_tell_runs"):
             raise NotImplementedError(
-                "BatchedRuns supports cma_es, sep_cma_es, snes, cem and openai_es so far; got "
-                f"{getattr(strategy, 'name', type(strategy).__name__)!r}"
+                "BatchedRuns supports cma_es, sep_cma_es, snes, cem, openai_es and pgpe so far; "
+                f"got {getattr(strategy, 'name', type(strategy).__name__)!r}"
             )
         strategy._check_runs()
         self.strategy = strategy

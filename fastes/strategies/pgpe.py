@@ -17,7 +17,7 @@ import torch
 
 from .. import optim
 from .._validate import real
-from .base import Strategy
+from .base import Strategy, _runs_weighted_sums
 
 
 class PGPEState(NamedTuple):
@@ -59,19 +59,47 @@ class PGPE(Strategy):
         return PGPEState(mean, sigma, self.optimizer.init(mean), self._counter())
 
     def _members(self, state, key, ids):
-        return state.mean + state.sigma * self._z(key, ids)
+        return self._members_from(state, self._z(key, ids))
+
+    def _members_from(self, state, z):
+        """μ + σ ⊙ z for z (..., m, D) (a leading run dim for batched runs)."""
+        return state.mean[..., None, :] + state.sigma[..., None, :] * z
 
     def _tell(self, state, key, fitness):
         f = self._scores(fitness)  # centered ranks, (P,)
-        n = self.population_size // 2
         # Σ_j (f⁺−f⁻)/2 z_j: the antithetic fold of weights f/2 gives exactly that.
-        grad_mean = state.sigma * self._z_weighted_sum(key, f / 2) / n
+        z_sum = self._z_weighted_sum(key, f / 2)
         avg = (f[0::2] + f[1::2]) / 2 - f.mean()  # (n,)
         w = avg.repeat_interleave(2) / 2  # folded back into (f⁺ + f⁻)-style pair sums
+        return self._update(state, z_sum, self._z_sq_weighted_sum(key, w), avg.sum()), f
+
+    def _check_runs(self) -> None:
+        if not self.optimizer.elementwise:
+            raise NotImplementedError(
+                "BatchedRuns needs an optimizer that steps each element alone to update R runs "
+                "at once; pgpe's default, ClipUp, normalises over the whole tree: pass "
+                "optimizer=fastes.optim.adam(...) (or sgd, momentum, adamw)"
+            )
+
+    def _tell_runs(self, state, z, fitness):
+        """R runs' tell from their noise z (R, λ, D) (:class:`BatchedRuns`): each run's sums
+        as alone, one update over the run dim (elementwise optimizers only)."""
+        f = self._runs_scores(fitness, "centered_ranks")
+        rows, half = z[:, 0::2], (f / 2).to(torch.float32)
+        z_sum = _runs_weighted_sums(rows, half[:, 0::2] - half[:, 1::2])
+        avg = (f[:, 0::2] + f[:, 1::2]) / 2 - torch.stack([fr.mean() for fr in f])[:, None]
+        w = (avg.repeat_interleave(2, dim=-1) / 2).to(torch.float32)
+        zsq_sum = _runs_weighted_sums(rows.square(), w[:, 0::2] + w[:, 1::2])
+        return self._update(state, z_sum, zsq_sum, torch.stack([a.sum() for a in avg])[:, None])
+
+    def _update(self, state, z_sum, zsq_sum, avg_sum):
+        """The step from Σ (f⁺−f⁻)/2·z_j, Σ w_j z_j² and Σ avg_j (leading run dims allowed)."""
+        n = self.population_size // 2
+        grad_mean = state.sigma * z_sum / n
         # (ε² − σ²)/σ = σ(z² − 1) with ε = σz.
-        grad_sigma = state.sigma * (self._z_sq_weighted_sum(key, w) - avg.sum()) / n
+        grad_sigma = state.sigma * (zsq_sum - avg_sum) / n
         sigma = state.sigma + self.stdev_lr * grad_sigma
         sigma = torch.minimum(torch.maximum(sigma, state.sigma * (1 - self.max_change)),
                               state.sigma * (1 + self.max_change))  # fmt: skip
         updates, opt_state = self.optimizer.update(grad_mean, state.opt_state, state.mean)
-        return PGPEState(state.mean + updates, sigma, opt_state, state.generation + 1), f
+        return PGPEState(state.mean + updates, sigma, opt_state, state.generation + 1)
