@@ -205,12 +205,12 @@ class Strategy:
         return self._noise_rows(key, ids // 2) * sign
 
     def _kept(self, key: torch.Tensor) -> torch.Tensor | None:
-        """The rows 0..n−1 :meth:`_noise_rows` kept for this very key (same object, unmodified),
-        in eager CPU code; else None."""
+        """The rows 0..n−1 :meth:`_noise_rows` kept for a key with these words, in eager CPU
+        code; else None."""
         memo = getattr(self, "_rows_memo", None)
-        if memo is None or memo[0] is not key or memo[1] != key._version:
+        if memo is None or torch.compiler.is_compiling() or key.device.type != "cpu":
             return None
-        return None if torch.compiler.is_compiling() or key.device.type != "cpu" else memo[2]
+        return memo[1] if memo[0] == tuple(key.tolist()) else None
 
     def _memo_rows(self, key: torch.Tensor, n: int) -> torch.Tensor | None:
         """Rows 0..n−1 of ``key`` if :meth:`_noise_rows` kept them (else None)."""
@@ -220,8 +220,9 @@ class Strategy:
     def _noise_rows(self, key: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """``noise.rows(key, rows, D)``, remembering rows 0..n−1 of the last key where they are
         small (≤ 1 MiB, CPU, eager): a generation draws them for the members, then again, in
-        rank order, in tell. The memo holds the key object and its version counter, so a new or
-        modified key recomputes; the rows are a pure function of (key, row), so reuse is exact."""
+        rank order, in tell. The memo holds the key's two words (not the tensor's identity and
+        version counter: inference-mode tensors have none), so another key recomputes; the rows
+        are a pure function of (key, row), so reuse is exact."""
         kept = self._kept(key)
         if kept is not None and rows.numel():
             lo, hi = torch.aminmax(rows)
@@ -235,7 +236,7 @@ class Strategy:
             and 0 < z.numel() <= _MEMO_ELEMENTS
             and torch.equal(rows, torch.arange(n, device=rows.device))
         ):
-            self._rows_memo = (key, key._version, z)
+            self._rows_memo = (tuple(key.tolist()), z)
         return z
 
     def _z_weighted_sum(self, key: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
