@@ -25,6 +25,21 @@ def _triton_importable() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+def lowrank_kernel(device: torch.device):
+    """``fastes.kernels.lowrank`` for a population's low-rank linear layers, or None for the
+    PyTorch path. Opt-in for now (``FASTES_LOWRANK_KERNEL=1``, on CUDA, not forced to the
+    reference): the kernel is tested against the reference in the Triton interpreter, but no GPU
+    has been lent yet to measure where it beats cuBLAS plus the thin corrections
+    (``benchmarks/lowrank_gpu.py``), so it is not the default anywhere."""
+    if os.environ.get("FASTES_LOWRANK_KERNEL", "") in ("", "0"):
+        return None
+    if device.type != "cuda" or force_reference() or not _triton_importable():
+        return None
+    from fastes.kernels import lowrank
+
+    return lowrank
+
+
 def kernel_ops(device: torch.device):
     """The kernel ops (``fastes.kernels.ops``) for ``device``, or None for the reference."""
     if device.type != "cuda" or force_reference() or not _triton_importable():

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch.func import functional_call, vmap
 
+from . import _dispatch
 from .lowrank import Leaf, LowRankNoise
 
 __all__ = ["Population", "lowrank_linear", "population_inputs"]
@@ -184,6 +185,12 @@ class _LowRankLinear(torch.autograd.Function):
         x = x.movedim(xd, 0)
         shape = x.shape[1:-1]
         x3 = x.reshape(P, -1, n)  # (P, S, n)
+        kernel = _dispatch.lowrank_kernel(x3.device)
+        if kernel is not None:  # one Triton program per output tile: GEMM and corrections fused
+            bias = None if b is None else (b if b.dim() == 1 else b.reshape(P, m))
+            ones = torch.ones(P, dtype=torch.float32, device=x3.device)  # σ/√r is in A already
+            out = kernel.lowrank_linear(x3, W, bias, ones, A=A.to(x3.dtype), B=B.to(x3.dtype))
+            return out.reshape(P, *shape, m), 0
         C = _correction(_thin(x3, B), A, None if b is None else b.expand(P, 1, m))
         C.view(-1, m).addmm_(x3.reshape(-1, n), W.T)  # the shared GEMM, accumulated (β = 1)
         return C.reshape(P, *shape, m), 0
