@@ -9,7 +9,12 @@ The paper (Sarkar et al. 2025, arXiv 2511.16652) reports 91% of plain batched in
 * ``x @ W.T`` — plain inference, the baseline;
 * ``torch population`` — fastes.population's PyTorch path (GEMM + baddbmm), factors given;
 * ``triton given`` — kernels/lowrank.py with the factors read from memory (pre-generated);
-* ``triton regenerated`` — the same kernel regenerating A_i, B_i from (key, member) in registers.
+* ``triton regenerated`` — the same kernel regenerating A_i, B_i from (key, member) in registers;
+
+and one whole eggroll generation (SGD) of a 4 × 4096 MLP, P ∈ {64, 256, 1024}, 8 inputs per
+member, against plain inference, with the population's layers on the PyTorch path and on the
+kernel (``FASTES_LOWRANK_KERNEL=0`` / ``1``): the figures that decide whether the kernel becomes
+the default on CUDA.
 
 Times are CUDA-event medians of ``--repeats`` runs after warm-up; ratio = baseline / time.
 """
@@ -60,10 +65,57 @@ def run(m: int, n: int, P: int, rank: int, dtype, device: str, repeats: int) -> 
     for name, t in times.items():
         row[f"{name} s"] = t
         row[f"{name} ratio"] = base / t
+    _print(row)
+    return row
+
+
+def generation(width: int, P: int, B: int, rank: int, device: str, repeats: int) -> dict:
+    """One whole eggroll generation (SGD) on a 4-layer MLP against plain inference of the same
+    P·B inputs, with the population's linear layers on the PyTorch path and on the Triton kernel
+    (``FASTES_LOWRANK_KERNEL=0`` / ``1``; the kernel only runs on CUDA)."""
+    torch.manual_seed(0)
+    layers: list[torch.nn.Module] = []
+    for i in range(4):
+        layers += [torch.nn.Linear(width, width)] + ([torch.nn.ReLU()] if i < 3 else [])
+    net = torch.nn.Sequential(*layers).to(device).eval()
+    p = {k: v.detach() for k, v in net.named_parameters()}
+    x = torch.randn(P, B, width, device=device)
+
+    def plain():
+        with torch.no_grad():
+            return net(x.reshape(P * B, width))
+
+    s = fastes.strategies.make("eggroll", p, module=net, rank=rank, sigma=0.01,
+                               population_size=P, optimizer=fastes.optim.sgd(1e-3))  # fmt: skip
+    state, key = s.init(p), fastes.key(1, device=device)
+
+    def fitness(pop):
+        return pop(x, in_dims=0).float().flatten(1).mean(1)
+
+    times = {"plain": timer(device, plain, repeats)}
+    before = os.environ.get("FASTES_LOWRANK_KERNEL")
+    try:
+        for flag in ("0", "1"):
+            os.environ["FASTES_LOWRANK_KERNEL"] = flag
+            times[f"eggroll kernel={flag}"] = timer(device, lambda: s.step(state, fitness, key),
+                                                    repeats)  # fmt: skip
+    finally:
+        if before is None:
+            os.environ.pop("FASTES_LOWRANK_KERNEL", None)
+        else:
+            os.environ["FASTES_LOWRANK_KERNEL"] = before
+    row = {"model": f"mlp 4x{width}", "P": P, "B": B, "rank": rank}
+    for name, t in times.items():
+        row[f"{name} s"] = t
+        row[f"{name} ratio"] = times["plain"] / t
+    _print(row)
+    return row
+
+
+def _print(row: dict) -> None:
     print(
         " | ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
     )
-    return row
 
 
 def main() -> None:
@@ -75,6 +127,7 @@ def main() -> None:
     if a.smoke:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         rows = [run(16, 16, 8, 1, torch.float32, device, 2)]
+        generations = [generation(16, 8, 2, 1, device, 2)]
     else:
         if not torch.cuda.is_available():
             raise SystemExit("lowrank_gpu.py needs a CUDA GPU (or --smoke for a code-path check)")
@@ -83,9 +136,10 @@ def main() -> None:
             run(8192, 8192, 1024, 4, torch.bfloat16, "cuda", a.repeats),
             run(4096, 4096, 1024, 1, torch.float32, "cuda", a.repeats),
         ]
+        generations = [generation(4096, P, 8, 1, "cuda", a.repeats) for P in (64, 256, 1024)]
     if a.out:
         write_json(a.out, {"environment": environment("cuda" if not a.smoke else "cpu"),
-                           "rows": rows})  # fmt: skip
+                           "rows": rows, "generations": generations})  # fmt: skip
 
 
 if __name__ == "__main__":
