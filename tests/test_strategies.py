@@ -352,16 +352,17 @@ def test_kept_noise_rows_give_the_same_bits_as_regenerating_them(name, monkeypat
     # a pure function of (key, row), so the states must match regenerated rows bit for bit.
     from fastes.strategies import base
 
-    def run():
-        s = make(name, TEMPLATE, minimize=True, **SMALL)
-        st = s.init(TEMPLATE)
-        for t in range(3):
-            st, _ = s.step(st, f_tree, fastes.fold_in(fastes.key(5), t))
-        return st
-
-    kept = run()
+    kept = _three_steps(name, 5)
     monkeypatch.setattr(base, "_MEMO_ELEMENTS", 0)  # nothing is kept
-    assert _same(kept, run())
+    assert _same(kept, _three_steps(name, 5))
+
+
+def _three_steps(name, seed):
+    s = make(name, TEMPLATE, minimize=True, **SMALL)
+    st = s.init(TEMPLATE)
+    for t in range(3):
+        st, _ = s.step(st, f_tree, fastes.fold_in(fastes.key(seed), t))
+    return st
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -369,16 +370,9 @@ def test_steps_run_under_inference_mode_with_the_same_bits(name):
     # torch.inference_mode() (a common wrapper for evaluation-only loops; ~13% less fixed cost
     # at D = 10, measured) used to crash the kept-rows memo: inference tensors have no version
     # counter. The memo is keyed by the key's words now.
-    def run():
-        s = make(name, TEMPLATE, minimize=True, **SMALL)
-        st = s.init(TEMPLATE)
-        for t in range(3):
-            st, _ = s.step(st, f_tree, fastes.fold_in(fastes.key(6), t))
-        return st
-
-    plain = run()
+    plain = _three_steps(name, 6)
     with torch.inference_mode():
-        assert _same(run(), plain)
+        assert _same(_three_steps(name, 6), plain)
 
 
 def test_a_key_changed_in_place_is_not_served_from_kept_rows():
