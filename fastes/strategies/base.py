@@ -254,10 +254,10 @@ class Strategy:
         w = weights.to(torch.float32)
         if self.antithetic:
             w = w[0::2] + w[1::2]  # z² is the same for both members of a pair
-        out = torch.zeros(self.dim, dtype=torch.float32, device=self.raveler.device)
         kept = self._memo_rows(key, w.numel())
         if kept is not None:
             return _rows_weighted_sum(kept.square(), w)
+        out = torch.zeros(self.dim, dtype=torch.float32, device=self.raveler.device)
         step = max(1, (4 * 2**20) // (4 * self.dim))
         for r0 in range(0, w.numel(), step):
             rows = self._ids(r0, min(r0 + step, w.numel()))

@@ -17,13 +17,12 @@ same ops on (R, ...) tensors, one batched ``eigh``, one noise gather for all run
 different problems per run are the user's to index by the leading dim. Supported: ``cma_es``,
 ``sep_cma_es``, ``snes``, ``cem``, and ``openai_es`` and ``pgpe`` with an elementwise optimizer
 (sgd, momentum, adam, adamw: ``GradientTransformation.elementwise``; not pgpe's default ClipUp),
-whose tell is written for a run dim
-(``_tell_runs``). Reductions whose rounding a batched kernel could change (a weighted sum of
-noise rows, the elites' mean) run per run with the single run's own op; the rest is one op over
-all runs. Counters (the generation, an optimizer's step count) are shared: the runs advance in
-lockstep. Not supported: ``ars`` (not written for a run dim yet), ``xnes``,
-``eggroll`` (its update is a GEMM over factors) and the restart strategy (its runs would need
-generation counters of their own).
+whose tell is written for a run dim (``_tell_runs``). Reductions whose rounding a batched kernel
+could change (a weighted sum of noise rows, the elites' mean) run per run with the single run's
+own op; the rest is one op over all runs. Counters (the generation, an optimizer's step count)
+are shared: the runs advance in lockstep. Not supported: ``ars`` (not written for a run dim
+yet), ``xnes``, ``eggroll`` (its update is a GEMM over factors) and the restart strategy (its
+runs would need generation counters of their own).
 """
 
 from __future__ import annotations
