@@ -385,7 +385,9 @@ def test_a_key_changed_in_place_is_not_served_from_kept_rows():
     assert not torch.equal(s._z(k, ids), before)
 
 
-@pytest.mark.parametrize("name", ["cma_es", "sep_cma_es", "snes", "cem", "openai_es", "pgpe"])
+@pytest.mark.parametrize(
+    "name", ["cma_es", "sep_cma_es", "snes", "cem", "openai_es", "pgpe", "ars"]
+)
 def test_batched_runs_equal_the_runs_one_at_a_time(name):
     # R runs advanced together (leading run dim, one batched update) against each run alone
     # with its key: the same operations on each run's slice, so the same bits.
@@ -419,11 +421,13 @@ def test_batched_runs_equal_the_runs_one_at_a_time(name):
 def test_batched_runs_reject_what_they_cannot_do():
     from fastes.strategies import BatchedRuns
 
-    for name in ("ars", "xnes", "ipop_cma_es"):
+    for name in ("xnes", "ipop_cma_es"):
         with pytest.raises(NotImplementedError, match="supports cma_es, sep_cma_es, snes, cem"):
             BatchedRuns(make(name, {"x": torch.zeros(3)}), 4)
     with pytest.raises(NotImplementedError, match="pgpe's default, ClipUp"):
         BatchedRuns(make("pgpe", {"x": torch.zeros(3)}), 4)
+    with pytest.raises(NotImplementedError, match="observation statistics"):
+        BatchedRuns(make("ars", {"x": torch.zeros(3)}, obs_dim=2), 4)
     clipped = make("openai_es", {"x": torch.zeros(3)}, optimizer=fastes.optim.clipup(0.1))
     with pytest.raises(NotImplementedError, match="steps each element alone"):
         BatchedRuns(clipped, 4)

@@ -23,7 +23,7 @@ from .. import optim
 from .._validate import positive_int
 from ..schedules import resolve
 from ..shaping import shape_fitness
-from .base import Strategy
+from .base import Strategy, _runs_weighted_sums
 
 
 class ARSState(NamedTuple):
@@ -83,9 +83,47 @@ class ARS(Strategy):
         return ARSState(mean, count, z, z.clone(), self._counter(), opt_state)
 
     def _members(self, state, key, ids):
-        return state.mean + self.sigma(int(state.generation)) * self._z(key, ids)
+        return self._members_from(state, self._z(key, ids))
+
+    def _members_from(self, state, z):
+        """θ + σ·z for z (..., m, D) (a leading run dim for batched runs)."""
+        return state.mean[..., None, :] + self.sigma(int(state.generation)) * z
 
     def _tell(self, state, key, fitness):
+        lr = self._step_size(state)
+        step = self._step_weights(fitness, lr)
+        # Σ_top (r⁺ − r⁻) δ_j via the antithetic fold of ±(r⁺ − r⁻)/2 weights.
+        direction = self._z_weighted_sum(key, step).to(state.mean.dtype)
+        # Each member's weight: its coefficient of z_i in the update, per unit learning rate.
+        weights = step / lr if lr else step
+        return self._apply(state, direction), weights
+
+    def _check_runs(self) -> None:
+        if self.obs_dim:
+            raise NotImplementedError(
+                "BatchedRuns does not run ars with observation statistics (obs_dim > 0): they "
+                "come from each run's rollouts; advance RL runs one by one"
+            )
+        if self.optimizer is not None and not self.optimizer.elementwise:
+            raise NotImplementedError(
+                "BatchedRuns needs an optimizer that steps each element alone (sgd, momentum, "
+                "adam, adamw, decay) to update R runs at once; ars's is not"
+            )
+
+    def _tell_runs(self, state, z, fitness):
+        """R runs' tell from their noise z (R, λ, D) (:class:`BatchedRuns`): each run's step
+        weights and direction as alone, one step over the run dim."""
+        lr = self._step_size(state)
+        w = torch.stack([self._step_weights(f, lr) for f in fitness])
+        direction = _runs_weighted_sums(z[:, 0::2], w[:, 0::2] - w[:, 1::2])
+        return self._apply(state, direction.to(state.mean.dtype))
+
+    def _step_size(self, state) -> float:
+        return 1.0 if self.optimizer is not None else self.learning_rate(int(state.generation))
+
+    def _step_weights(self, fitness, lr: float) -> torch.Tensor:
+        """Each member's coefficient (P,) float32 of its noise in the step: ±lr/(b·σ_R)·
+        (r⁺ − r⁻)/2 for the b best directions, 0 for the rest."""
         r, _ = shape_fitness(
             fitness, "raw", objective_weights=self.objective_weights, minimize=self.minimize
         )
@@ -93,26 +131,23 @@ class ARS(Strategy):
         top = torch.argsort(torch.maximum(r_plus, r_minus), descending=True, stable=True)
         top = top[: self.top]
         sigma_r = torch.cat([r_plus[top], r_minus[top]]).std(unbiased=False)
-        t = int(state.generation)
-        lr = 1.0 if self.optimizer is not None else self.learning_rate(t)
         half = torch.zeros(self.population_size // 2, dtype=torch.float32, device=r.device)
         sigma_r = float(sigma_r)
         if sigma_r > 0:  # all selected rewards equal: no information, no step
             coef = lr / (self.top * sigma_r)
             half[top] = coef * (r_plus[top] - r_minus[top]).float() / 2
-        step = torch.stack([half, -half], 1).reshape(-1)  # member 2j: +, member 2j + 1: −
-        # Σ_top (r⁺ − r⁻) δ_j via the antithetic fold of ±(r⁺ − r⁻)/2 weights.
-        direction = self._z_weighted_sum(key, step).to(state.mean.dtype)
+        return torch.stack([half, -half], 1).reshape(-1)  # member 2j: +, member 2j + 1: −
+
+    def _apply(self, state, direction):
+        """θ + direction (ARS's own step) or the optimizer's step on it (leading run dims
+        allowed)."""
         opt_state = state.opt_state
         if self.optimizer is None:
             mean = state.mean + direction
         else:
             updates, opt_state = self.optimizer.update(direction, state.opt_state, state.mean)
             mean = state.mean + updates
-        # Each member's weight: its coefficient of z_i in the update, per unit learning rate.
-        weights = step / lr if lr else step
-        new = state._replace(mean=mean, generation=state.generation + 1, opt_state=opt_state)
-        return new, weights
+        return state._replace(mean=mean, generation=state.generation + 1, opt_state=opt_state)
 
     # -- V2: observation normalisation hook -------------------------------------------------
     def observe(self, state: ARSState, observations: torch.Tensor) -> ARSState:

@@ -15,14 +15,15 @@ same ops on (R, ...) tensors, one batched ``eigh``, one noise gather for all run
 
 ``f`` receives the members of every run, leaves (R, λ, *shape), and returns fitness (R, λ):
 different problems per run are the user's to index by the leading dim. Supported: ``cma_es``,
-``sep_cma_es``, ``snes``, ``cem``, and ``openai_es`` and ``pgpe`` with an elementwise optimizer
-(sgd, momentum, adam, adamw: ``GradientTransformation.elementwise``; not pgpe's default ClipUp),
-whose tell is written for a run dim (``_tell_runs``). Reductions whose rounding a batched kernel
-could change (a weighted sum of noise rows, the elites' mean) run per run with the single run's
-own op; the rest is one op over all runs. Counters (the generation, an optimizer's step count)
-are shared: the runs advance in lockstep. Not supported: ``ars`` (not written for a run dim
-yet), ``xnes``, ``eggroll`` (its update is a GEMM over factors) and the restart strategy (its
-runs would need generation counters of their own).
+``sep_cma_es``, ``snes``, ``cem``, and ``openai_es``, ``pgpe`` and ``ars`` (without observation
+statistics) with an elementwise optimizer or none (sgd, momentum, adam, adamw:
+``GradientTransformation.elementwise``; not pgpe's default ClipUp), whose tell is written for a run
+dim (``_tell_runs``); ARS picks each run's best directions run by run. Reductions whose rounding a
+batched kernel could change (a weighted sum of noise rows, the elites' mean) run per run with the
+single run's own op; the rest is one op over all runs. Counters (the generation, an optimizer's step
+count) are shared: the runs advance in lockstep. Not supported: ``xnes`` (not written for a run dim
+yet), ``eggroll`` (its update is a GEMM over factors) and the restart strategy (its runs would need
+generation counters of their own).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class BatchedRuns:
     def __init__(self, strategy: Strategy, runs: int) -> None:
         if not hasattr(strategy, "_tell_runs"):
             raise NotImplementedError(
-                "BatchedRuns supports cma_es, sep_cma_es, snes, cem, openai_es and pgpe so far; "
+                "BatchedRuns supports cma_es, sep_cma_es, snes, cem, openai_es, pgpe and ars; "
                 f"got {getattr(strategy, 'name', type(strategy).__name__)!r}"
             )
         strategy._check_runs()
