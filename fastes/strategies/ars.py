@@ -23,7 +23,7 @@ from .. import optim
 from .._validate import positive_int
 from ..schedules import resolve
 from ..shaping import shape_fitness
-from .base import Strategy, _runs_weighted_sums
+from .base import Strategy, _runs_weighted_sums, scheduled_sigma_members
 
 
 class ARSState(NamedTuple):
@@ -82,12 +82,7 @@ class ARS(Strategy):
         opt_state = () if self.optimizer is None else self.optimizer.init(mean)
         return ARSState(mean, count, z, z.clone(), self._counter(), opt_state)
 
-    def _members(self, state, key, ids):
-        return self._members_from(state, self._z(key, ids))
-
-    def _members_from(self, state, z):
-        """θ + σ·z for z (..., m, D) (a leading run dim for batched runs)."""
-        return state.mean[..., None, :] + self.sigma(int(state.generation)) * z
+    _members_from = scheduled_sigma_members
 
     def _tell(self, state, key, fitness):
         lr = self._step_size(state)

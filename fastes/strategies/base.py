@@ -56,8 +56,9 @@ _SMALL_ORDER = 8192
 
 
 class Strategy:
-    """Base class. Subclasses set ``name``, ``antithetic`` and implement ``init``,
-    ``_members``, ``_tell`` and (when the state has no ``mean`` field) ``mean``."""
+    """Base class. Subclasses set ``name``, ``antithetic`` and implement ``init``, ``_tell``,
+    ``_members`` or ``_members_from`` (members from noise z, leading run dims allowed), and
+    (when the state has no ``mean`` field) ``mean``."""
 
     name = "base"
     antithetic = False
@@ -93,6 +94,10 @@ class Strategy:
 
     def _members(self, state, key: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Flat members (len(ids), D) for member indices ``ids``."""
+        return self._members_from(state, self._z(key, ids))
+
+    def _members_from(self, state, z: torch.Tensor) -> torch.Tensor:
+        """Members from their standard-normal noise z (..., m, D)."""
         raise NotImplementedError
 
     def _tell(self, state, key: torch.Tensor, fitness: torch.Tensor):
@@ -360,6 +365,18 @@ class Strategy:
             if w is not None:
                 return w
         return torch.stack([self._scores(row, method) for row in fitness])
+
+
+def diagonal_members(state, z: torch.Tensor) -> torch.Tensor:
+    """μ + σ ⊙ z for z (..., m, D), a leading run dim allowed: the members of the strategies
+    with a per-coordinate σ in their state (SNES, CEM, PGPE)."""
+    return state.mean[..., None, :] + state.sigma[..., None, :] * z
+
+
+def scheduled_sigma_members(self, state, z: torch.Tensor) -> torch.Tensor:
+    """θ + σ_t·z for z (..., m, D), a leading run dim allowed: the members of the strategies
+    whose σ is a schedule of the generation (OpenAI-ES, ARS)."""
+    return state.mean[..., None, :] + self.sigma(int(state.generation)) * z
 
 
 def _rows_weighted_sum(rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

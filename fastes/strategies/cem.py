@@ -15,7 +15,7 @@ import torch
 
 from .._validate import real
 from ..schedules import resolve
-from .base import Strategy
+from .base import Strategy, diagonal_members
 
 
 class CEMState(NamedTuple):
@@ -59,12 +59,7 @@ class CEM(Strategy):
         mean = self._flat_params(params)
         return CEMState(mean, torch.full_like(mean, self.sigma0), self._counter())
 
-    def _members(self, state, key, ids):
-        return self._members_from(state, self._z(key, ids))
-
-    def _members_from(self, state, z):
-        """μ + σ ⊙ z for z (..., m, D) (a leading run dim for batched runs)."""
-        return state.mean[..., None, :] + state.sigma[..., None, :] * z
+    _members_from = staticmethod(diagonal_members)
 
     def _tell(self, state, key, fitness):
         elites = self._order(fitness)[: self.n_elite]

@@ -21,7 +21,7 @@ from ..es import _flat_estimate
 from ..prng import check_key
 from ..schedules import resolve
 from ..shaping import METHODS
-from .base import Strategy, _runs_weighted_sums
+from .base import Strategy, _runs_weighted_sums, scheduled_sigma_members
 
 
 class OpenESState(NamedTuple):
@@ -74,12 +74,7 @@ class OpenES(Strategy):
         mean = self._flat_params(params)
         return OpenESState(mean, self.optimizer.init(mean), self._counter())
 
-    def _members(self, state, key, ids):
-        return self._members_from(state, self._z(key, ids))
-
-    def _members_from(self, state, z):
-        """θ + σ·z for z (..., m, D) (a leading run dim for batched runs)."""
-        return state.mean[..., None, :] + self.sigma(int(state.generation)) * z
+    _members_from = scheduled_sigma_members
 
     def _update(self, state, g) -> OpenESState:
         updates, opt_state = self.optimizer.update(g, state.opt_state, state.mean)

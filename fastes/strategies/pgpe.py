@@ -17,7 +17,7 @@ import torch
 
 from .. import optim
 from .._validate import real
-from .base import Strategy, _runs_weighted_sums
+from .base import Strategy, _runs_weighted_sums, diagonal_members
 
 
 class PGPEState(NamedTuple):
@@ -58,12 +58,7 @@ class PGPE(Strategy):
         sigma = torch.full_like(mean, self.sigma0)
         return PGPEState(mean, sigma, self.optimizer.init(mean), self._counter())
 
-    def _members(self, state, key, ids):
-        return self._members_from(state, self._z(key, ids))
-
-    def _members_from(self, state, z):
-        """μ + σ ⊙ z for z (..., m, D) (a leading run dim for batched runs)."""
-        return state.mean[..., None, :] + state.sigma[..., None, :] * z
+    _members_from = staticmethod(diagonal_members)
 
     def _tell(self, state, key, fitness):
         f = self._scores(fitness)  # centered ranks, (P,)

@@ -19,7 +19,7 @@ import torch
 
 from .._validate import real
 from ..schedules import resolve
-from .base import Strategy, _runs_weighted_sums
+from .base import Strategy, _runs_weighted_sums, diagonal_members
 
 
 class SNESState(NamedTuple):
@@ -65,12 +65,7 @@ class SNES(NESBase):
         mean = self._flat_params(params)
         return SNESState(mean, torch.full_like(mean, self.sigma0), self._counter())
 
-    def _members(self, state, key, ids):
-        return self._members_from(state, self._z(key, ids))
-
-    def _members_from(self, state, z):
-        """μ + σ ⊙ z for z (..., m, D) (a leading run dim for batched runs)."""
-        return state.mean[..., None, :] + state.sigma[..., None, :] * z
+    _members_from = staticmethod(diagonal_members)
 
     def _tell(self, state, key, fitness):
         u = self._scores(fitness, "nes")
