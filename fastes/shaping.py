@@ -105,6 +105,14 @@ def _rank_weights_small(f: torch.Tensor, method: str, negate: bool = False) -> t
     return torch.from_numpy(w)
 
 
+def _numpy_shortcut(f: torch.Tensor, objective_weights=None) -> bool:
+    """Whether one objective's fitness (..., P) may be shaped by the numpy shortcuts: unweighted,
+    1 < P <= _SMALL_P, float32/float64 on the CPU, eager."""
+    return (objective_weights is None and 1 < f.shape[-1] <= _SMALL_P and f.device.type == "cpu"
+            and f.dtype in (torch.float32, torch.float64)
+            and not torch.compiler.is_compiling())  # fmt: skip
+
+
 def _all_finite(x: torch.Tensor) -> bool:
     """Whether every value is finite: numpy's test on eager CPU tensors (~1 µs against ~7 µs of
     torch ops and a host read), torch's elsewhere."""
@@ -190,9 +198,7 @@ def shape_fitness(
     f = fitness if fitness.is_floating_point() else fitness.float()
     f = f[:, None] if f.dim() == 1 else f
     P, K = f.shape
-    if (K == 1 and objective_weights is None and 1 < P <= _SMALL_P and f.device.type == "cpu"
-            and f.dtype in (torch.float32, torch.float64)
-            and not torch.compiler.is_compiling()):  # fmt: skip
+    if K == 1 and _numpy_shortcut(f[:, 0], objective_weights):
         if method == "raw":  # finite: the fitness itself, as the general path returns it
             if _all_finite(f[:, 0]):
                 return (-f[:, 0] if minimize else f[:, 0].clone()), ShapeStats(0, 0)

@@ -99,11 +99,7 @@ class ARS(Strategy):
                 "BatchedRuns does not run ars with observation statistics (obs_dim > 0): they "
                 "come from each run's rollouts; advance RL runs one by one"
             )
-        if self.optimizer is not None and not self.optimizer.elementwise:
-            raise NotImplementedError(
-                "BatchedRuns needs an optimizer that steps each element alone (sgd, momentum, "
-                "adam, adamw, decay) to update R runs at once; ars's is not"
-            )
+        self._require_elementwise(self.optimizer)
 
     def _tell_runs(self, state, z, fitness):
         """R runs' tell from their noise z (R, λ, D) (:class:`BatchedRuns`): each run's step

@@ -44,7 +44,7 @@ from .._validate import (
 from ..es import FitnessStats, default_chunk_size, resolve_noise
 from ..evaluate import evaluate_population
 from ..prng import check_key
-from ..shaping import _SMALL_P, _all_finite, _rank_weights_small, shape_fitness
+from ..shaping import _all_finite, _numpy_shortcut, _rank_weights_small, shape_fitness
 from ..tree import raveler
 
 __all__ = ["Strategy"]
@@ -353,14 +353,20 @@ class Strategy:
     def _check_runs(self) -> None:
         """Raise NotImplementedError when this configuration cannot run as batched runs."""
 
+    def _require_elementwise(self, optimizer, hint: str = "") -> None:
+        """BatchedRuns steps R runs' stacked state with one optimizer call: refuse optimizers
+        that do not step each element alone (``GradientTransformation.elementwise``)."""
+        if optimizer is not None and not optimizer.elementwise:
+            raise NotImplementedError(
+                "BatchedRuns needs an optimizer that steps each element alone (sgd, momentum, "
+                f"adam, adamw, decay) to update R runs at once; {self.name}'s is not{hint}"
+            )
+
     def _runs_scores(self, fitness: torch.Tensor, method: str) -> torch.Tensor:
         """Shaped fitness (R, P) of R runs' fitness (R, P), each row as :meth:`_scores` alone:
         all rows ranked in one numpy call where every run takes that shortcut alone."""
         f = fitness if fitness.is_floating_point() else fitness.float()
-        if (method in ("centered_ranks", "nes") and self.objective_weights is None
-                and 1 < f.shape[1] <= _SMALL_P and f.device.type == "cpu"
-                and f.dtype in (torch.float32, torch.float64)
-                and not torch.compiler.is_compiling()):  # fmt: skip
+        if method in ("centered_ranks", "nes") and _numpy_shortcut(f, self.objective_weights):
             w = _rank_weights_small(f, method, self.minimize)
             if w is not None:
                 return w

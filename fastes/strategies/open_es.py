@@ -87,11 +87,7 @@ class OpenES(Strategy):
         return self._update(state, g), w
 
     def _check_runs(self) -> None:
-        if not self.optimizer.elementwise:
-            raise NotImplementedError(
-                f"BatchedRuns needs an optimizer that steps each element alone (sgd, momentum, "
-                f"adam, adamw, decay) to update R runs at once; {self.name}'s is not"
-            )
+        self._require_elementwise(self.optimizer)
 
     def _tell_runs(self, state, z, fitness):
         """R runs' tell from their noise z (R, λ, D) (:class:`BatchedRuns`): each run's

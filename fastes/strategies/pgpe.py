@@ -69,12 +69,8 @@ class PGPE(Strategy):
         return self._update(state, z_sum, self._z_sq_weighted_sum(key, w), avg.sum()), f
 
     def _check_runs(self) -> None:
-        if not self.optimizer.elementwise:
-            raise NotImplementedError(
-                "BatchedRuns needs an optimizer that steps each element alone to update R runs "
-                "at once; pgpe's default, ClipUp, normalises over the whole tree: pass "
-                "optimizer=fastes.optim.adam(...) (or sgd, momentum, adamw)"
-            )
+        hint = " (pgpe's default, ClipUp, normalises over the whole tree: pass optimizer="
+        self._require_elementwise(self.optimizer, hint + "fastes.optim.adam(...))")
 
     def _tell_runs(self, state, z, fitness):
         """R runs' tell from their noise z (R, λ, D) (:class:`BatchedRuns`): each run's sums
