@@ -42,14 +42,16 @@ _TINY = 3  # below 4 counters, one Python-int Philox each (fold_in, split of a f
 
 
 def _small_cpu(*words) -> int:
-    """The number of counters when the eager CPU shortcuts apply (int keys, at most _SMALL
-    counters); 0 otherwise."""
-    c = words[:4]
-    if not all(isinstance(w, torch.Tensor) and w.device.type == "cpu" for w in c):
+    """The number of outputs when the eager CPU shortcuts apply (CPU tensor counters, keys ints
+    or CPU tensors — a batch of keys, one per run —, at most _SMALL outputs); 0 otherwise."""
+    tensors = [w for w in words if isinstance(w, torch.Tensor)]
+    if not all(isinstance(w, torch.Tensor) for w in words[:4]) or torch.compiler.is_compiling():
         return 0
-    if not all(isinstance(k, int) for k in words[4:]) or torch.compiler.is_compiling():
+    if not all(isinstance(k, (int, torch.Tensor)) for k in words[4:]):
         return 0
-    n = math.prod(np.broadcast_shapes(*(tuple(w.shape) for w in c)))
+    if not all(w.device.type == "cpu" for w in tensors):
+        return 0
+    n = math.prod(np.broadcast_shapes(*(tuple(w.shape) for w in tensors)))
     return n if n <= _SMALL else 0
 
 
@@ -113,19 +115,25 @@ def _philox_ints(a: int, b: int, c: int, d: int, k0: int, k1: int, rounds: int =
 
 def _philox4x32_numpy(c0, c1, c2, c3, k0, k1, rounds):
     """The same rounds in numpy uint64 (exact: products of uint32 values wrap mod 2^64 there
-    too, and shifts are logical), for a handful of counters (table offsets, key derivation)."""
-    u = [w.numpy().astype(np.uint64) for w in torch.broadcast_tensors(c0, c1, c2, c3)]
-    c0, c1, c2, c3 = u
+    too, and shifts are logical), for a handful of counters (table offsets, key derivation) and
+    for keys given as tensors (R runs' table offsets: (R, 1) keys against (n,) rows, 0.1 ms
+    against 0.7 ms of tensor ops for 64 runs of 10 rows, measured)."""
+    words = (c0, c1, c2, c3) + tuple(k for k in (k0, k1) if isinstance(k, torch.Tensor))
+    shape = torch.broadcast_shapes(*(w.shape for w in words))
+    c0, c1, c2, c3 = (w.expand(shape).numpy().astype(np.uint64) for w in (c0, c1, c2, c3))
+    k0, k1 = (np.uint64(k) if isinstance(k, int) else k.numpy().astype(np.uint64)
+              for k in (k0, k1))  # fmt: skip
     m0, m1, mask, s32 = np.uint64(_M0), np.uint64(_M1), np.uint64(MASK32), np.uint64(32)
+    w0, w1 = np.uint64(_W0), np.uint64(_W1)
     for r in range(rounds):
         if r:
-            k0 = (k0 + _W0) & MASK32
-            k1 = (k1 + _W1) & MASK32
+            k0 = (k0 + w0) & mask
+            k1 = (k1 + w1) & mask
         p0, p1 = c0 * m0, c2 * m1
         c0, c1, c2, c3 = (
-            (p1 >> s32) ^ c1 ^ np.uint64(k0),
+            (p1 >> s32) ^ c1 ^ k0,
             p1 & mask,
-            (p0 >> s32) ^ c3 ^ np.uint64(k1),
+            (p0 >> s32) ^ c3 ^ k1,
             p0 & mask,
         )
     return tuple(torch.from_numpy(np.asarray(w, dtype=np.int64)) for w in (c0, c1, c2, c3))
@@ -149,7 +157,8 @@ def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = 10):
     """
     n = _small_cpu(c0, c1, c2, c3, k0, k1)
     if n:
-        small = _philox4x32_python if n <= _LANES else _philox4x32_numpy
+        int_keys = isinstance(k0, int) and isinstance(k1, int)
+        small = _philox4x32_python if n <= _LANES and int_keys else _philox4x32_numpy
         return small(c0, c1, c2, c3, k0, k1, rounds)
     for r in range(rounds):
         if r:

@@ -39,6 +39,20 @@ def test_philox_matches_numpy_uint64_oracle_on_random_words(oracle, n):
     assert np.array_equal(np.stack([w.numpy() for w in got]).astype(np.uint64), want)
 
 
+@pytest.mark.parametrize("runs,n", [(1, 5), (64, 10), (3, 700), (2, 2049)])
+def test_philox_with_a_batch_of_keys_matches_each_key_alone(oracle, runs, n):
+    # Keys as (R, 1) tensors against (n,) counters (BatchedRuns' table offsets): numpy's path up
+    # to 2048 outputs, torch's above; row r equals the oracle for key r.
+    rng = np.random.default_rng(runs * n)
+    c = rng.integers(0, 2**32, size=(4, n), dtype=np.uint64)
+    k = rng.integers(0, 2**32, size=(runs, 2), dtype=np.uint64)
+    kt = torch.from_numpy(k.astype(np.int64))
+    got = philox4x32(*(torch.from_numpy(w.astype(np.int64)) for w in c), kt[:, :1], kt[:, 1:])
+    for r in range(runs):
+        want = oracle(c, k[r])
+        assert np.array_equal(np.stack([w[r].numpy() for w in got]).astype(np.uint64), want)
+
+
 def test_key_words_and_validation():
     assert fastes.key(5).tolist() == [5, 0]
     assert fastes.key(2**40 + 3).tolist() == [3, 2**8]

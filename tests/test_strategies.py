@@ -386,15 +386,17 @@ def test_a_key_changed_in_place_is_not_served_from_kept_rows():
 
 
 @pytest.mark.parametrize(
-    "name", ["cma_es", "sep_cma_es", "snes", "cem", "openai_es", "pgpe", "ars"]
+    "name", ["cma_es", "sep_cma_es", "xnes", "snes", "cem", "openai_es", "pgpe", "ars"]
 )
-def test_batched_runs_equal_the_runs_one_at_a_time(name):
+@pytest.mark.parametrize("dim", [6, 17])
+def test_batched_runs_equal_the_runs_one_at_a_time(name, dim):
     # R runs advanced together (leading run dim, one batched update) against each run alone
-    # with its key: the same operations on each run's slice, so the same bits.
+    # with its key: the same operations on each run's slice, so the same bits. D = 17: where
+    # batched float64 products and eigh rounded differently from a run alone (CMA-ES, xNES).
     from fastes.strategies import BatchedRuns
 
-    R, x0 = 5, {"x": torch.zeros(6)}
-    starts = {"x": torch.linspace(-1, 1, R)[:, None] + torch.arange(6.0)}  # one start per run
+    R, x0 = 5, {"x": torch.zeros(dim)}
+    starts = {"x": torch.linspace(-1, 1, R)[:, None] + torch.arange(dim) / dim}  # one per run
     kw = dict(optimizer=fastes.optim.adam(0.05)) if name == "pgpe" else {}  # not ClipUp
     s = make(name, x0, minimize=True, mode="batched", sigma=0.5, **kw)
     runs = BatchedRuns(s, R)
@@ -410,7 +412,7 @@ def test_batched_runs_equal_the_runs_one_at_a_time(name):
         leaves = zip(tree_leaves(state), tree_leaves(alone), strict=True)  # optimizer states too
         for a, b in leaves:
             assert torch.equal(a if a.ndim == b.ndim else a[r], b)
-    assert runs.params(state)["x"].shape == (R, 6)
+    assert runs.params(state)["x"].shape == (R, dim)
     # ask / tell give the same as step.
     members = runs.ask(state, keys)
     told = runs.tell(state, keys, rosenbrock(members["x"]))
@@ -421,9 +423,8 @@ def test_batched_runs_equal_the_runs_one_at_a_time(name):
 def test_batched_runs_reject_what_they_cannot_do():
     from fastes.strategies import BatchedRuns
 
-    for name in ("xnes", "ipop_cma_es"):
-        with pytest.raises(NotImplementedError, match="supports cma_es, sep_cma_es, snes, cem"):
-            BatchedRuns(make(name, {"x": torch.zeros(3)}), 4)
+    with pytest.raises(NotImplementedError, match="supports cma_es, sep_cma_es, xnes, snes"):
+        BatchedRuns(make("ipop_cma_es", {"x": torch.zeros(3)}), 4)
     with pytest.raises(NotImplementedError, match="pgpe's default, ClipUp"):
         BatchedRuns(make("pgpe", {"x": torch.zeros(3)}), 4)
     with pytest.raises(NotImplementedError, match="observation statistics"):
@@ -461,3 +462,26 @@ def test_runs_scores_equal_each_run_shaped_alone(method, minimize):
         g[2, 3] = g[2, 0] if bad == 1.0 else bad
         alone = torch.stack([s._scores(row, method) for row in g])
         assert torch.equal(s._runs_scores(g, method), alone)
+
+
+def test_xnes_expm_from_the_eigendecomposition_is_accurate():
+    # xNES's B ← B expm(η/2 G_B) takes expm of the symmetric, trace-free G_B as V exp(Λ) Vᵀ.
+    # Error bound: LAPACK's eigh is backward stable (O(D u ‖A‖)), and V exp(Λ) Vᵀ sums D terms
+    # per entry (γ_D ≈ D u of ‖exp A‖), so the error is a small multiple of D·u·‖exp A‖₂;
+    # 16 D u is that multiple with room (measured: 3 D u at D = 2, 3.4 D u at D = 10).
+    from fastes.strategies.xnes import _times_expm
+
+    u, g = 2.0**-53, torch.Generator().manual_seed(0)
+    for D, scale in [(2, 1.0), (2, 0.05), (10, 1.0), (10, 0.05), (50, 0.05)]:
+        A = torch.randn(D, D, dtype=torch.float64, generator=g) * scale
+        A = A + A.T
+        A -= torch.trace(A) / D * torch.eye(D, dtype=torch.float64)
+        if D == 2:  # closed form: exp(A) = cosh(r) I + sinh(r)/r A, r = √(a² + b²)
+            r = math.hypot(float(A[0, 0]), float(A[0, 1]))
+            ref = math.cosh(r) * torch.eye(2, dtype=torch.float64) + math.sinh(r) / r * A
+        else:  # torch's Padé approximant (accurate to a few u·‖exp A‖ at these sizes)
+            ref = torch.linalg.matrix_exp(A)
+        evals, V = torch.linalg.eigh(A)
+        E = _times_expm(torch.eye(D, dtype=torch.float64), V, evals)
+        bound = 16 * D * u * float(torch.linalg.matrix_norm(ref, 2))
+        assert float((E - ref).abs().max()) <= bound, (D, scale)

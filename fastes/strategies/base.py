@@ -385,6 +385,36 @@ def scheduled_sigma_members(self, state, z: torch.Tensor) -> torch.Tensor:
     return state.mean[..., None, :] + self.sigma(int(state.generation)) * z
 
 
+def each_run(f: Callable[..., torch.Tensor], *xs: torch.Tensor, runs: bool) -> torch.Tensor:
+    """``f(*xs)`` for one run's tensors; with ``runs``, f of each run's slices of xs (a leading
+    run dim), stacked (each output of a tuple-valued f). For the products and decompositions of
+    :class:`BatchedRuns`' updates, so R runs get each run's bits: a batched float64 matmul rounds
+    some shapes differently from the single run's (measured on this CPU: 299 of 1,728 (m, k, n)
+    shapes up to 64), and MKL's results depend on where the data sits in memory (a batched
+    ``eigh`` at D = 17 or 31, a matrix-vector product on a slice at an odd offset). A slice that
+    does not start on the 64-byte boundary of a fresh tensor (what the single run computes on)
+    is copied to one first."""
+    if not runs:
+        return f(*xs)
+    outs = [f(*(_aligned(t) for t in x)) for x in zip(*xs, strict=True)]
+    if isinstance(outs[0], tuple):
+        return tuple(_stack(o) for o in zip(*outs, strict=True))
+    return _stack(outs)
+
+
+def _stack(ts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack along a new leading dim, each slice in the layout of ts (row- or column-major
+    matrices, as LAPACK returns them), so later products on a slice see what the run alone sees."""
+    if ts[0].ndim >= 2 and not ts[0].is_contiguous() and ts[0].mT.is_contiguous():
+        return torch.stack([t.mT for t in ts]).mT
+    return torch.stack(ts)
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """t, or a copy of it (same strides) in a fresh allocation where t starts off its boundary."""
+    return t if t.data_ptr() % 64 == 0 else t.clone()
+
+
 def _rows_weighted_sum(rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Σ_i w_i·rows_i (D,) float32 for kept rows (n, D): the product every strategy's gradient
     uses on rows it holds, so R runs advanced together (looping this per run) get the bits of

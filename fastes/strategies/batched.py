@@ -3,7 +3,7 @@
 Where D is small, one generation is mostly fixed cost (a few dozen tiny tensor ops), so R runs
 one after another cost R times that. :class:`BatchedRuns` keeps the R states stacked along a
 leading run dim and advances them with the strategy's own update written over that dim: the
-same ops on (R, ...) tensors, one batched ``eigh``, one noise gather for all runs. Run r with key
+same ops on (R, ...) tensors, one noise gather for all runs. Run r with key
 ``keys[r]`` gives the same result as the strategy alone with that key (tested).
 
     runs = fastes.strategies.BatchedRuns(fastes.strategies.make("cma_es", x0, minimize=True), 64)
@@ -15,15 +15,17 @@ same ops on (R, ...) tensors, one batched ``eigh``, one noise gather for all run
 
 ``f`` receives the members of every run, leaves (R, λ, *shape), and returns fitness (R, λ):
 different problems per run are the user's to index by the leading dim. Supported: ``cma_es``,
-``sep_cma_es``, ``snes``, ``cem``, and ``openai_es``, ``pgpe`` and ``ars`` (without observation
-statistics) with an elementwise optimizer or none (sgd, momentum, adam, adamw:
-``GradientTransformation.elementwise``; not pgpe's default ClipUp), whose tell is written for a run
-dim (``_tell_runs``); ARS picks each run's best directions run by run. Reductions whose rounding a
-batched kernel could change (a weighted sum of noise rows, the elites' mean) run per run with the
-single run's own op; the rest is one op over all runs. Counters (the generation, an optimizer's step
-count) are shared: the runs advance in lockstep. Not supported: ``xnes`` (not written for a run dim
-yet), ``eggroll`` (its update is a GEMM over factors) and the restart strategy (its runs would need
-generation counters of their own).
+``sep_cma_es``, ``xnes``, ``snes``, ``cem``, and ``openai_es``, ``pgpe`` and ``ars`` (without
+observation statistics) with an elementwise optimizer or none (sgd, momentum, adam, adamw:
+``GradientTransformation.elementwise``; not pgpe's default ClipUp), whose tell is written for a
+run dim (``_tell_runs``); ARS picks each run's best directions run by run. Operations whose
+rounding a batched kernel could change run run by run with the single run's own op: weighted sums
+of noise rows, the elites' mean, and the CMA-ES and xNES matrix products and eigendecompositions
+(:func:`fastes.strategies.base.each_run`: batched float64 matmuls and ``eigh`` rounded some sizes
+differently, e.g. D = 17); elementwise work is one op over all runs. Counters (the generation, an
+optimizer's step count) are shared: the runs advance in lockstep. Not supported: ``eggroll`` (its
+update is a GEMM over factors) and the restart strategy (its runs would need generation counters
+of their own).
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ class BatchedRuns:
     def __init__(self, strategy: Strategy, runs: int) -> None:
         if not hasattr(strategy, "_tell_runs"):
             raise NotImplementedError(
-                "BatchedRuns supports cma_es, sep_cma_es, snes, cem, openai_es, pgpe and ars; "
-                f"got {getattr(strategy, 'name', type(strategy).__name__)!r}"
+                "BatchedRuns supports cma_es, sep_cma_es, xnes, snes, cem, openai_es, pgpe and "
+                f"ars; got {getattr(strategy, 'name', type(strategy).__name__)!r}"
             )
         strategy._check_runs()
         self.strategy = strategy

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 
 from .._validate import real
-from .base import Strategy
+from .base import Strategy, each_run
 
 
 class CMAParams(NamedTuple):
@@ -114,7 +114,7 @@ class CMAES(Strategy):
     def _y(self, state, z):
         """y = B D z (row-wise) for z (..., m, D) float64 (a leading run dim for batched runs)."""
         zd = z * state.D[..., None, :]
-        return zd if self.separable else zd @ _t(state.B)
+        return zd if self.separable else each_run(_times_t, zd, state.B, runs=zd.ndim > 2)
 
     def _members(self, state, key, ids):
         return self._members_from(state, self._z(key, ids).double())
@@ -138,14 +138,14 @@ class CMAES(Strategy):
         """The CMA update from z (..., λ, D) sorted best first (``order`` (..., λ) maps sorted
         position to member). Written over optional leading run dims: one run here, R runs in
         :class:`fastes.strategies.BatchedRuns`."""
-        p, w = self.p, self._weights
+        p, w, runs = self.p, self._weights, z.ndim > 2
         y = self._y(state, z)
         wpos = w[: p.mu]
-        y_w = wpos @ y[..., : p.mu, :]
+        y_w = each_run(lambda y_: wpos @ y_[: p.mu], y, runs=runs)
         mean = torch.addcmul(state.mean, state.sigma[..., None], y_w)
         # C^{-1/2} y_w = B z_w: the z's are already in the C^{-1/2} frame.
-        z_w = wpos @ z[..., : p.mu, :]
-        cz_w = z_w if self.separable else (state.B @ z_w[..., None])[..., 0]
+        z_w = each_run(lambda z_: wpos @ z_[: p.mu], z, runs=runs)
+        cz_w = z_w if self.separable else each_run(torch.mv, state.B, z_w, runs=runs)
         p_sigma = torch.add(state.p_sigma * (1 - p.c_sigma), cz_w, alpha=self._ps_scale)
         ps_norm = torch.linalg.vector_norm(p_sigma, dim=-1)
         k_sigma = p.c_sigma / p.d_sigma
@@ -167,16 +167,14 @@ class CMAES(Strategy):
             B, D = state.B, C.sqrt()
         else:
             # decay·C + c_1·p_c p_cᵀ + c_μ·Σ w°_i y_i y_iᵀ
-            rank_mu = (_t(y) * w_circ[..., None, :]) @ y
+            rank_mu = each_run(lambda y_, w_: (y_.mT * w_) @ y_, y, w_circ, runs=runs)
             C = state.C * decay[..., None, None]
             C.add_(p_c[..., :, None] * p_c[..., None, :], alpha=p.c_1).add_(rank_mu, alpha=p.c_mu)
             if g % p.eigen_gap == 0:  # lazy: B and D lag C by < eigen_gap generations
                 # eigh reads C's lower triangle; the rank-μ product's rounding may leave the
                 # two triangles a few ulps apart, which this keeps from mattering.
-                evals, B = torch.linalg.eigh(C)
+                evals, B = each_run(torch.linalg.eigh, C, runs=runs)
                 D = evals.clamp_min(1e-300).sqrt()
-                if B.ndim > 2:  # eigh's column-major batch: slow batched matmuls (see _t)
-                    B = B.contiguous()
             else:
                 B, D = state.B, state.D
         # Member i's recombination weight.
@@ -185,10 +183,9 @@ class CMAES(Strategy):
         return new, weights
 
 
-def _t(x: torch.Tensor) -> torch.Tensor:
-    """xᵀ over the last two dims; contiguous when batched, where a float64 matmul with a
-    transposed operand took 0.4-0.5 ms instead of 16-100 µs for 64 runs at D = 10 (measured)."""
-    return x.mT.contiguous() if x.ndim > 2 else x.mT
+def _times_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a bᵀ (one run's matrices)."""
+    return a @ b.mT
 
 
 class SepCMAES(CMAES):

@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import torch
 
+from .base import each_run
+from .cma_es import _times_t
 from .snes import NESBase
 
 MAX_DIM = 1000
@@ -51,18 +53,47 @@ class XNES(NESBase):
         return XNESState(mean, sigma, eye, self._counter())
 
     def _members(self, state, key, ids):
-        z = self._z(key, ids).double()
-        return state.mean + state.sigma * z @ state.B.T
+        return self._members_from(state, self._z(key, ids).double())
+
+    def _members_from(self, state, z):
+        """x = μ + σ·B z for z (..., m, D) float64 (a leading run dim for batched runs)."""
+        sz = state.sigma[..., None, None] * z
+        return state.mean[..., None, :] + each_run(_times_t, sz, state.B, runs=z.ndim > 2)
 
     def _tell(self, state, key, fitness):
         u = self._scores(fitness, "nes").double()  # (P,)
         z = self._z(key, self._ids(0, self.population_size)).double()  # (P, D)
+        return self._update(state, z, u), u
+
+    def _tell_runs(self, state, z, fitness):
+        """R runs' tell from their noise z (R, λ, D) (:class:`BatchedRuns`)."""
+        return self._update(state, z.double(), self._runs_scores(fitness, "nes").double())
+
+    def _update(self, state, z, u):
+        """The xNES update from z (..., P, D) and utilities u (..., P), over an optional leading
+        run dim: its sums and products run by run (:func:`each_run`), the rest over all runs."""
+        runs = z.ndim > 2
         eye = torch.eye(self.dim, dtype=torch.float64, device=z.device)
-        g_delta = u @ z
-        g_m = (z * u[:, None]).T @ z - u.sum() * eye
-        g_sigma = torch.trace(g_m) / self.dim
-        g_b = g_m - g_sigma * eye
-        mean = state.mean + self.eta_mu(int(state.generation)) * state.sigma * (state.B @ g_delta)
+        g_delta = each_run(torch.matmul, u, z, runs=runs)  # Σ u_i z_i
+        g_m = each_run(_weighted_outer, z, u, runs=runs)  # Σ u_i (z_i z_iᵀ − I)
+        g_sigma = each_run(torch.trace, g_m, runs=runs) / self.dim
+        step = self.eta_mu(int(state.generation)) * state.sigma  # the generation: shared
+        mean = state.mean + step[..., None] * each_run(torch.mv, state.B, g_delta, runs=runs)
         sigma = state.sigma * torch.exp(0.5 * self.eta_sigma * g_sigma)
-        B = state.B @ torch.linalg.matrix_exp(0.5 * self.eta_sigma * g_b)
-        return XNESState(mean, sigma, B, state.generation + 1), u
+        # expm(η_σ/2 · G_B) for the symmetric G_B = G_M − G_σ I as V exp(Λ) Vᵀ from its
+        # eigendecomposition: 4x cheaper than torch's Padé matrix_exp at D = 10 (12 vs 52 µs),
+        # and LAPACK decomposes a batch matrix by matrix, each as alone.
+        g_b = (0.5 * self.eta_sigma) * (g_m - g_sigma[..., None, None] * eye)
+        evals, V = each_run(torch.linalg.eigh, g_b, runs=runs)
+        B = each_run(_times_expm, state.B, V, evals, runs=runs)
+        return XNESState(mean, sigma, B, state.generation + 1)
+
+
+def _weighted_outer(z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """G_M = Σ_i u_i (z_i z_iᵀ − I) = Zᵀ diag(u) Z − (Σ u) I for one run's z (P, D), u (P,)."""
+    return (z.mT * u) @ z - u.sum() * torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
+
+
+def _times_expm(B: torch.Tensor, V: torch.Tensor, evals: torch.Tensor) -> torch.Tensor:
+    """B · V diag(exp(evals)) Vᵀ for one run."""
+    return B @ ((V * torch.exp(evals)) @ V.mT)
