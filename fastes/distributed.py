@@ -248,6 +248,9 @@ def gather_rows(
 ) -> torch.Tensor:
     """:func:`gather_members` for members that come ``per_row`` to a noise row (antithetic
     pairs): ``local`` is (rows·per_row, ...) for this rank's rows; returns (n_rows·per_row, ...)."""
+    group = current() if group is None else group
+    if group is None or group.world_size == 1:
+        return local
     rest = local.shape[1:]
     rows = local.reshape(-1, per_row, *rest)
     return gather_members(rows, n_rows, group).reshape(n_rows * per_row, *rest)

@@ -393,6 +393,21 @@ def test_batched_runs_equal_the_runs_one_at_a_time(name, dim):
     # R runs advanced together (leading run dim, one batched update) against each run alone
     # with its key: the same operations on each run's slice, so the same bits. D = 17: where
     # batched float64 products and eigh rounded differently from a run alone (CMA-ES, xNES).
+    _batched_runs_equal_the_runs_alone(name, dim)
+
+
+@pytest.mark.parametrize("name", ["cma_es", "sep_cma_es", "xnes"])
+def test_batched_runs_equal_the_runs_alone_in_the_torch_namespace(name, monkeypatch):
+    # Above NUMPY_MAX_DIM (and on GPUs) the covariance updates run in torch, their products and
+    # eigh run by run (each_run): forced here at D = 17, where batched kernels drifted.
+    from fastes.strategies import _ops
+
+    monkeypatch.setattr(_ops, "NUMPY_MAX_DIM", 0)
+    assert _ops.ops_for(torch.zeros(17)) is _ops.TorchOps
+    _batched_runs_equal_the_runs_alone(name, 17)
+
+
+def _batched_runs_equal_the_runs_alone(name, dim):
     from fastes.strategies import BatchedRuns
 
     R, x0 = 5, {"x": torch.zeros(dim)}
@@ -469,6 +484,7 @@ def test_xnes_expm_from_the_eigendecomposition_is_accurate():
     # Error bound: LAPACK's eigh is backward stable (O(D u ‖A‖)), and V exp(Λ) Vᵀ sums D terms
     # per entry (γ_D ≈ D u of ‖exp A‖), so the error is a small multiple of D·u·‖exp A‖₂;
     # 16 D u is that multiple with room (measured: 3 D u at D = 2, 3.4 D u at D = 10).
+    from fastes.strategies._ops import NumpyOps, TorchOps
     from fastes.strategies.xnes import _times_expm
 
     u, g = 2.0**-53, torch.Generator().manual_seed(0)
@@ -481,7 +497,45 @@ def test_xnes_expm_from_the_eigendecomposition_is_accurate():
             ref = math.cosh(r) * torch.eye(2, dtype=torch.float64) + math.sinh(r) / r * A
         else:  # torch's Padé approximant (accurate to a few u·‖exp A‖ at these sizes)
             ref = torch.linalg.matrix_exp(A)
-        evals, V = torch.linalg.eigh(A)
-        E = _times_expm(torch.eye(D, dtype=torch.float64), V, evals)
         bound = 16 * D * u * float(torch.linalg.matrix_norm(ref, 2))
-        assert float((E - ref).abs().max()) <= bound, (D, scale)
+        for ops in (TorchOps, NumpyOps):  # both namespaces of the update
+            evals, V = ops.eigh(ops.arr(A))
+            E = ops.tensor(_times_expm(ops, ops.arr(torch.eye(D, dtype=torch.float64)), V, evals))
+            assert float((E - ref).abs().max()) <= bound, (D, scale, ops.__name__)
+
+
+@pytest.mark.parametrize("name", ["cma_es", "sep_cma_es", "xnes"])
+def test_numpy_and_torch_namespaces_compute_the_same_update(name, monkeypatch):
+    # The covariance updates are written once against fastes.strategies._ops; numpy runs them
+    # for small D on the CPU, torch elsewhere. One generation from the same state and noise:
+    # both namespaces must agree to rounding. Each entry is a sum of at most n = λ + D products
+    # of float64 numbers, so two summation orders (OpenBLAS vs MKL) differ by at most
+    # 2·γ_n·Σ|terms| ≲ 2n·u·n·M for entries bounded by M; numpy's and torch's exp differ by an
+    # ulp. Eigenvectors are compared through B D² Bᵀ (= C up to the same rounding), since
+    # LAPACK builds may pick other signs or bases for close eigenvalues.
+    from fastes.strategies import _ops
+
+    D = 8
+    s = make(name, {"x": torch.zeros(D)}, minimize=True, mode="batched", sigma=0.5)
+    f = lambda p: rosenbrock(p["x"])  # noqa: E731
+    states = {}
+    for limit in (64, 0):  # numpy, then torch
+        monkeypatch.setattr(_ops, "NUMPY_MAX_DIM", limit)
+        st = s.init({"x": torch.linspace(-1, 1, D)})
+        st, _ = s.step(st, f, fastes.key(1))
+        states[limit] = st
+    a, b = states[64], states[0]
+    n = s.population_size + D
+    u = 2.0**-53
+    for field in a._fields:
+        x, y = getattr(a, field), getattr(b, field)
+        if field == "B" and name != "sep_cma_es":
+            if name == "cma_es":  # compare B D² Bᵀ with C's scale
+                x, y = x @ torch.diag(a.D**2) @ x.T, y @ torch.diag(b.D**2) @ y.T
+            else:  # xNES: B Bᵀ
+                x, y = x @ x.T, y @ y.T
+        if not x.is_floating_point() or x.numel() == 0:
+            assert torch.equal(x, y), field
+            continue
+        M = max(float(x.abs().max()), 1.0)
+        assert float((x - y).abs().max()) <= 2 * n * n * u * M, field

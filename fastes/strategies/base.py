@@ -192,7 +192,23 @@ class Strategy:
 
     # -- helpers for subclasses ---------------------------------------------------------------
     def _ids(self, start: int, stop: int) -> torch.Tensor:
-        return torch.arange(start, stop, device=self.raveler.device)
+        """Member ids [start, stop). Those from 0 are made once per size and handed out again
+        (callers never write to them), so :meth:`_is_prefix` knows them without comparing."""
+        if start != 0:
+            return torch.arange(start, stop, device=self.raveler.device)
+        made = self.__dict__.setdefault("_prefix_ids", {})
+        if stop not in made:
+            if len(made) >= 16:  # bounded: restart strategies grow the population
+                made.clear()
+            made[stop] = torch.arange(stop, device=self.raveler.device)
+        return made[stop]
+
+    def _is_prefix(self, ids: torch.Tensor) -> bool:
+        """Whether ``ids`` are 0..n−1 in order."""
+        n = ids.numel()
+        if ids is self.__dict__.get("_prefix_ids", {}).get(n):
+            return True
+        return torch.equal(ids, torch.arange(n, device=ids.device))
 
     def _z(self, key: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Standard-normal z for member ids (m, D), float32; antithetic pairs share rows (±)."""
@@ -200,11 +216,9 @@ class Strategy:
             return self._noise_rows(key, ids)
         n = ids.numel()
         if (
-            n % 2 == 0
-            and n * self.dim <= 2 * _MEMO_ELEMENTS
-            and torch.equal(ids, torch.arange(n, device=ids.device))
+            n % 2 == 0 and n * self.dim <= 2 * _MEMO_ELEMENTS and self._is_prefix(ids)
         ):  # a whole generation: rows 0..n/2−1, each for a pair (kept for tell); z, −z
-            rows = self._noise_rows(key, ids[: n // 2])
+            rows = self._noise_rows(key, self._ids(0, n // 2))
             return torch.stack([rows, -rows], 1).reshape(n, self.dim)
         sign = (1 - 2 * (ids % 2)).to(torch.float32)[:, None]
         return self._noise_rows(key, ids // 2) * sign
@@ -230,17 +244,13 @@ class Strategy:
         are a pure function of (key, row), so reuse is exact."""
         kept = self._kept(key)
         if kept is not None and rows.numel():
-            lo, hi = torch.aminmax(rows)
+            cpu = rows.device.type == "cpu"  # numpy's min/max: ~2 µs against ~8 µs here
+            lo, hi = (rows.numpy().min(), rows.numpy().max()) if cpu else torch.aminmax(rows)
             if int(lo) >= 0 and int(hi) < kept.shape[0]:
                 return kept.index_select(0, rows)
         eager_cpu = key.device.type == "cpu" and not torch.compiler.is_compiling()
         z = self.noise.rows(key, rows, self.dim)
-        n = rows.numel()
-        if (
-            eager_cpu
-            and 0 < z.numel() <= _MEMO_ELEMENTS
-            and torch.equal(rows, torch.arange(n, device=rows.device))
-        ):
+        if eager_cpu and 0 < z.numel() <= _MEMO_ELEMENTS and self._is_prefix(rows):
             self._rows_memo = (tuple(key.tolist()), z)
         return z
 
@@ -383,36 +393,6 @@ def scheduled_sigma_members(self, state, z: torch.Tensor) -> torch.Tensor:
     """θ + σ_t·z for z (..., m, D), a leading run dim allowed: the members of the strategies
     whose σ is a schedule of the generation (OpenAI-ES, ARS)."""
     return state.mean[..., None, :] + self.sigma(int(state.generation)) * z
-
-
-def each_run(f: Callable[..., torch.Tensor], *xs: torch.Tensor, runs: bool) -> torch.Tensor:
-    """``f(*xs)`` for one run's tensors; with ``runs``, f of each run's slices of xs (a leading
-    run dim), stacked (each output of a tuple-valued f). For the products and decompositions of
-    :class:`BatchedRuns`' updates, so R runs get each run's bits: a batched float64 matmul rounds
-    some shapes differently from the single run's (measured on this CPU: 299 of 1,728 (m, k, n)
-    shapes up to 64), and MKL's results depend on where the data sits in memory (a batched
-    ``eigh`` at D = 17 or 31, a matrix-vector product on a slice at an odd offset). A slice that
-    does not start on the 64-byte boundary of a fresh tensor (what the single run computes on)
-    is copied to one first."""
-    if not runs:
-        return f(*xs)
-    outs = [f(*(_aligned(t) for t in x)) for x in zip(*xs, strict=True)]
-    if isinstance(outs[0], tuple):
-        return tuple(_stack(o) for o in zip(*outs, strict=True))
-    return _stack(outs)
-
-
-def _stack(ts: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Stack along a new leading dim, each slice in the layout of ts (row- or column-major
-    matrices, as LAPACK returns them), so later products on a slice see what the run alone sees."""
-    if ts[0].ndim >= 2 and not ts[0].is_contiguous() and ts[0].mT.is_contiguous():
-        return torch.stack([t.mT for t in ts]).mT
-    return torch.stack(ts)
-
-
-def _aligned(t: torch.Tensor) -> torch.Tensor:
-    """t, or a copy of it (same strides) in a fresh allocation where t starts off its boundary."""
-    return t if t.data_ptr() % 64 == 0 else t.clone()
 
 
 def _rows_weighted_sum(rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

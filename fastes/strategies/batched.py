@@ -21,7 +21,7 @@ observation statistics) with an elementwise optimizer or none (sgd, momentum, ad
 run dim (``_tell_runs``); ARS picks each run's best directions run by run. Operations whose
 rounding a batched kernel could change run run by run with the single run's own op: weighted sums
 of noise rows, the elites' mean, and the CMA-ES and xNES matrix products and eigendecompositions
-(:func:`fastes.strategies.base.each_run`: batched float64 matmuls and ``eigh`` rounded some sizes
+(:func:`fastes.strategies._ops.each_run`: batched float64 matmuls and ``eigh`` rounded some sizes
 differently, e.g. D = 17); elementwise work is one op over all runs. Counters (the generation, an
 optimizer's step count) are shared: the runs advance in lockstep. Not supported: ``eggroll`` (its
 update is a GEMM over factors) and the restart strategy (its runs would need generation counters

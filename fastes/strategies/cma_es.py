@@ -17,7 +17,8 @@ from typing import NamedTuple
 import torch
 
 from .._validate import real
-from .base import Strategy, each_run
+from ._ops import ops_for
+from .base import Strategy
 
 
 class CMAParams(NamedTuple):
@@ -111,17 +112,21 @@ class CMAES(Strategy):
         D = torch.ones_like(zeros)
         return CMAState(mean, sigma, C, B, D, zeros, zeros.clone(), self._counter())
 
-    def _y(self, state, z):
-        """y = B D z (row-wise) for z (..., m, D) float64 (a leading run dim for batched runs)."""
-        zd = z * state.D[..., None, :]
-        return zd if self.separable else each_run(_times_t, zd, state.B, runs=zd.ndim > 2)
+    def _y(self, ops, B, D, z, runs: bool):
+        """y = B D z (row-wise) for z (..., m, D) float64 (a leading run dim with ``runs``), in
+        the namespace ``ops`` (:mod:`fastes.strategies._ops`)."""
+        zd = z * D[..., None, :]
+        return zd if self.separable else ops.each(_times_t, zd, B, runs=runs)
 
     def _members(self, state, key, ids):
         return self._members_from(state, self._z(key, ids).double())
 
     def _members_from(self, state, z):
         """x = m + σ·B D z for z (..., m, D) float64 (a leading run dim for batched runs)."""
-        return state.mean[..., None, :] + state.sigma[..., None, None] * self._y(state, z)
+        ops = ops_for(z)
+        mean, sigma, B, D = (ops.arr(t) for t in (state.mean, state.sigma, state.B, state.D))
+        y = self._y(ops, B, D, ops.arr(z), z.ndim > 2)
+        return ops.tensor(mean[..., None, :] + sigma[..., None, None] * y)
 
     def _tell(self, state, key, fitness):
         order = self._order(fitness)  # best first
@@ -136,56 +141,61 @@ class CMAES(Strategy):
 
     def _update(self, state, z, order):
         """The CMA update from z (..., λ, D) sorted best first (``order`` (..., λ) maps sorted
-        position to member). Written over optional leading run dims: one run here, R runs in
-        :class:`fastes.strategies.BatchedRuns`."""
-        p, w, runs = self.p, self._weights, z.ndim > 2
-        y = self._y(state, z)
+        position to member). Written once over optional leading run dims (one run here, R runs
+        in :class:`fastes.strategies.BatchedRuns`) against the namespace of
+        :mod:`fastes.strategies._ops` (numpy for small D on the CPU, torch elsewhere)."""
+        p, runs, ops = self.p, z.ndim > 2, ops_for(z)
+        s = CMAState(*(ops.arr(t) for t in state[:-1]), state.generation)
+        w, z = ops.arr(self._weights), ops.arr(z)
+        y = self._y(ops, s.B, s.D, z, runs)
         wpos = w[: p.mu]
-        y_w = each_run(lambda y_: wpos @ y_[: p.mu], y, runs=runs)
-        mean = torch.addcmul(state.mean, state.sigma[..., None], y_w)
+        y_w = ops.each(lambda y_: wpos @ y_[..., : p.mu, :], y, runs=runs)
+        mean = ops.addcmul(s.mean, s.sigma[..., None], y_w)
         # C^{-1/2} y_w = B z_w: the z's are already in the C^{-1/2} frame.
-        z_w = each_run(lambda z_: wpos @ z_[: p.mu], z, runs=runs)
-        cz_w = z_w if self.separable else each_run(torch.mv, state.B, z_w, runs=runs)
-        p_sigma = torch.add(state.p_sigma * (1 - p.c_sigma), cz_w, alpha=self._ps_scale)
-        ps_norm = torch.linalg.vector_norm(p_sigma, dim=-1)
+        z_w = ops.each(lambda z_: wpos @ z_[..., : p.mu, :], z, runs=runs)
+        cz_w = z_w if self.separable else ops.each(ops.mv, s.B, z_w, runs=runs)
+        p_sigma = ops.add(s.p_sigma * (1 - p.c_sigma), cz_w, self._ps_scale)
+        ps_norm = ops.norm(p_sigma)
         k_sigma = p.c_sigma / p.d_sigma
-        sigma = state.sigma * torch.exp(ps_norm * (k_sigma / p.chi_n) - k_sigma)
+        sigma = s.sigma * ops.exp(ps_norm * (k_sigma / p.chi_n) - k_sigma)
         g = int(state.generation) + 1  # shared by all runs of a batch
-        h_sigma = (ps_norm < self._h_bound * math.sqrt(1 - (1 - p.c_sigma) ** (2 * g))).double()
-        p_c = torch.addcmul(state.p_c * (1 - p.c_c), (h_sigma * self._pc_scale)[..., None], y_w)
+        h_sigma = ops.f64(ps_norm < self._h_bound * math.sqrt(1 - (1 - p.c_sigma) ** (2 * g)))
+        p_c = ops.addcmul(s.p_c * (1 - p.c_c), (h_sigma * self._pc_scale)[..., None], y_w)
         # decay = 1 − c_1 − c_μ Σw + c_1 δ(h_σ), δ(h_σ) = (1 − h_σ) c_c (2 − c_c)
         k_h = p.c_1 * p.c_c * (2 - p.c_c)
-        decay = h_sigma.mul(-k_h).add_(1 - p.c_1 - p.c_mu * p.weights_sum + k_h)
+        decay = h_sigma * -k_h + (1 - p.c_1 - p.c_mu * p.weights_sum + k_h)
         # Negative weights (the last λ − μ) are rescaled by D / ‖C^{-1/2} y‖² = D / ‖z‖²
         # (tutorial eq. 46).
-        w_neg = self._wneg_n / (z[..., p.mu :, :] ** 2).sum(-1).clamp_min(1e-300)
-        w_circ = torch.cat([wpos.expand(*w_neg.shape[:-1], p.mu), w_neg], -1)
+        w_neg = ops.arr(self._wneg_n) / ops.clamp_min((z[..., p.mu :, :] ** 2).sum(-1), 1e-300)
+        w_circ = ops.join(wpos, w_neg)
         if self.separable:
             rank_mu = (w_circ[..., None, :] @ y**2)[..., 0, :]
-            C = state.C * decay[..., None] + p.c_1 * p_c**2 + p.c_mu * rank_mu
-            C = C.clamp_min(1e-300)
-            B, D = state.B, C.sqrt()
+            C = s.C * decay[..., None] + p.c_1 * p_c**2 + p.c_mu * rank_mu
+            C = ops.clamp_min(C, 1e-300)
+            B, D = s.B, ops.sqrt(C)
         else:
             # decay·C + c_1·p_c p_cᵀ + c_μ·Σ w°_i y_i y_iᵀ
-            rank_mu = each_run(lambda y_, w_: (y_.mT * w_) @ y_, y, w_circ, runs=runs)
-            C = state.C * decay[..., None, None]
-            C.add_(p_c[..., :, None] * p_c[..., None, :], alpha=p.c_1).add_(rank_mu, alpha=p.c_mu)
+            rank_mu = ops.each(
+                lambda y_, w_: (ops.mT(y_) * w_[..., None, :]) @ y_, y, w_circ, runs=runs
+            )
+            C = ops.add(s.C * decay[..., None, None], p_c[..., :, None] * p_c[..., None, :], p.c_1)
+            C = ops.add(C, rank_mu, p.c_mu)
             if g % p.eigen_gap == 0:  # lazy: B and D lag C by < eigen_gap generations
                 # eigh reads C's lower triangle; the rank-μ product's rounding may leave the
                 # two triangles a few ulps apart, which this keeps from mattering.
-                evals, B = each_run(torch.linalg.eigh, C, runs=runs)
-                D = evals.clamp_min(1e-300).sqrt()
+                evals, B = ops.each(ops.eigh, C, runs=runs)
+                D = ops.sqrt(ops.clamp_min(evals, 1e-300))
             else:
-                B, D = state.B, state.D
+                B, D = s.B, s.D
         # Member i's recombination weight.
-        weights = torch.empty_like(order, dtype=w.dtype).scatter_(-1, order, w.expand_as(order))
-        new = CMAState(mean, sigma, C, B, D, p_sigma, p_c, state.generation + 1)
-        return new, weights
+        weights = ops.scatter(order, self._weights)
+        arrays = (mean, sigma, C, B, D, p_sigma, p_c)
+        return CMAState(*map(ops.tensor, arrays), state.generation + 1), weights
 
 
-def _times_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a bᵀ (one run's matrices)."""
-    return a @ b.mT
+def _times_t(a, b):
+    """a bᵀ for one run's matrices (tensors or numpy arrays)."""
+    return a @ b.swapaxes(-1, -2)
 
 
 class SepCMAES(CMAES):

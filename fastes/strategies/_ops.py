@@ -1,0 +1,206 @@
+"""The array operations of the covariance strategies' updates (CMA-ES, sep-CMA-ES, xNES): one
+interface, two namespaces — numpy float64 for small problems in eager CPU code, torch elsewhere.
+
+Each update is written once against :func:`ops_for`'s namespace. Why numpy where D is small:
+
+* a small-D generation is a few dozen operations on D-vectors and D x D matrices, and a numpy
+  operation on them costs ~0.3-1 µs against ~1-3 µs of torch dispatch (measured);
+* numpy's stacked ``matmul`` and ``linalg.eigh`` run BLAS / LAPACK on every slice as on an
+  array of its own (tested here: 1,728 product shapes up to 64, ``eigh`` at D = 10-50), so R runs
+  stacked along a leading dim (:class:`fastes.strategies.BatchedRuns`) get each run's bits in
+  one call. torch's batched kernels round some shapes differently from a single matrix, and
+  MKL's results depend on a slice's memory alignment, so the torch namespace computes products
+  and decompositions run by run (:func:`each_run`).
+
+The namespaces differ in the last bits (OpenBLAS vs MKL sums, numpy's vs torch's ``exp``), so a
+run's numbers depend on which one it used: deterministic per key, device and problem size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+# Up to this D the eager CPU updates run in numpy. Above it the O(D^3) work dominates, where
+# OpenBLAS may start threads whose spinning starves torch's on small machines (measured on 2
+# cores: a torch eigh right after a threaded numpy one took 14 ms instead of 0.5 ms).
+NUMPY_MAX_DIM = 64
+
+
+def ops_for(x: torch.Tensor) -> Any:
+    """The namespace for an update on tensors like ``x`` (its last dim is D)."""
+    small = x.device.type == "cpu" and x.shape[-1] <= NUMPY_MAX_DIM
+    return NumpyOps if small and not torch.compiler.is_compiling() else TorchOps
+
+
+class TorchOps:
+    """torch tensors as they are; products and decompositions of R runs run by run."""
+
+    @staticmethod
+    def arr(t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    @staticmethod
+    def tensor(a: torch.Tensor) -> torch.Tensor:
+        return a
+
+    @staticmethod
+    def each(f: Callable, *xs: torch.Tensor, runs: bool):
+        return each_run(f, *xs, runs=runs)
+
+    @staticmethod
+    def mv(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.mv(m, v)
+
+    @staticmethod
+    def vecmat(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return v @ m
+
+    @staticmethod
+    def eye(n: int, like: torch.Tensor) -> torch.Tensor:
+        return torch.eye(n, dtype=like.dtype, device=like.device)
+
+    eigh = staticmethod(torch.linalg.eigh)
+    trace = staticmethod(torch.trace)
+    exp = staticmethod(torch.exp)
+    sqrt = staticmethod(torch.sqrt)
+    addcmul = staticmethod(torch.addcmul)
+
+    @staticmethod
+    def add(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
+        return torch.add(a, b, alpha=alpha)
+
+    @staticmethod
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.vector_norm(x, dim=-1)
+
+    @staticmethod
+    def clamp_min(x: torch.Tensor, c: float) -> torch.Tensor:
+        return x.clamp_min(c)
+
+    @staticmethod
+    def f64(x: torch.Tensor) -> torch.Tensor:
+        return x.double()
+
+    @staticmethod
+    def join(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """[a, b] along the last dim, a (n,) shared by every leading index of b (..., m)."""
+        return torch.cat([a.expand(*b.shape[:-1], a.shape[-1]), b], -1)
+
+    @staticmethod
+    def scatter(order: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """out[..., order[..., i]] = w[i]: each member's weight from the sorted weights."""
+        return torch.empty_like(order, dtype=w.dtype).scatter_(-1, order, w.expand_as(order))
+
+    @staticmethod
+    def mT(x: torch.Tensor) -> torch.Tensor:
+        return x.mT
+
+
+class NumpyOps:
+    """numpy views of CPU tensors (no copies); stacked operations act slice by slice."""
+
+    @staticmethod
+    def arr(t: torch.Tensor) -> np.ndarray:
+        return t.detach().numpy() if t.requires_grad else t.numpy()
+
+    @staticmethod
+    def tensor(a) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(a))
+
+    @staticmethod
+    def each(f: Callable, *xs: np.ndarray, runs: bool):
+        return f(*xs)  # numpy's stacked operations already act slice by slice
+
+    @staticmethod
+    def mv(m: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return (m @ v[..., None])[..., 0]  # stacked vectors: one column each
+
+    @staticmethod
+    def vecmat(v: np.ndarray, m: np.ndarray) -> np.ndarray:
+        return (v[..., None, :] @ m)[..., 0, :]  # stacked vectors: one row each
+
+    @staticmethod
+    def eye(n: int, like: np.ndarray) -> np.ndarray:
+        return np.eye(n, dtype=like.dtype)
+
+    eigh = staticmethod(np.linalg.eigh)
+    exp = staticmethod(np.exp)
+    sqrt = staticmethod(np.sqrt)
+
+    @staticmethod
+    def trace(m: np.ndarray) -> np.ndarray:
+        return np.trace(m, axis1=-2, axis2=-1)
+
+    @staticmethod
+    def addcmul(a: np.ndarray, s: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return a + s * b
+
+    @staticmethod
+    def add(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
+        return a + alpha * b
+
+    @staticmethod
+    def norm(x: np.ndarray) -> np.ndarray:
+        return np.sqrt((x * x).sum(-1))
+
+    @staticmethod
+    def clamp_min(x: np.ndarray, c: float) -> np.ndarray:
+        return np.maximum(x, c)
+
+    @staticmethod
+    def f64(x) -> np.ndarray:
+        return np.asarray(x, dtype=np.float64)
+
+    @staticmethod
+    def join(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        out = np.empty((*b.shape[:-1], a.shape[-1] + b.shape[-1]), dtype=b.dtype)
+        out[..., : a.shape[-1]], out[..., a.shape[-1] :] = a, b
+        return out
+
+    @staticmethod
+    def scatter(order: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        o, wn = order.numpy(), w.numpy()
+        out = np.empty(o.shape, dtype=wn.dtype)
+        if o.ndim == 1:
+            out[o] = wn
+        else:
+            np.put_along_axis(out, o, np.broadcast_to(wn, o.shape), -1)
+        return torch.from_numpy(out)
+
+    @staticmethod
+    def mT(x: np.ndarray) -> np.ndarray:
+        return np.swapaxes(x, -1, -2)
+
+
+def each_run(f: Callable[..., torch.Tensor], *xs: torch.Tensor, runs: bool) -> torch.Tensor:
+    """``f(*xs)`` for one run's tensors; with ``runs``, f of each run's slices of xs (a leading
+    run dim), stacked (each output of a tuple-valued f). For the products and decompositions of
+    :class:`BatchedRuns`' updates in torch, so R runs get each run's bits: a batched float64
+    matmul rounds some shapes differently from the single run's (measured on this CPU: 299 of
+    1,728 (m, k, n) shapes up to 64), and MKL's results depend on where the data sits in memory
+    (a batched ``eigh`` at D = 17 or 31, a matrix-vector product on a slice at an odd offset). A
+    slice that does not start on the 64-byte boundary of a fresh tensor (what the single run
+    computes on) is copied to one first."""
+    if not runs:
+        return f(*xs)
+    outs = [f(*(_aligned(t) for t in x)) for x in zip(*xs, strict=True)]
+    if isinstance(outs[0], tuple):
+        return tuple(_stack(o) for o in zip(*outs, strict=True))
+    return _stack(outs)
+
+
+def _stack(ts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack along a new leading dim, each slice in the layout of ts (row- or column-major
+    matrices, as LAPACK returns them), so later products on a slice see what the run alone sees."""
+    if ts[0].ndim >= 2 and not ts[0].is_contiguous() and ts[0].mT.is_contiguous():
+        return torch.stack([t.mT for t in ts]).mT
+    return torch.stack(ts)
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """t, or a copy of it (same strides) in a fresh allocation where t starts off its boundary."""
+    return t if t.data_ptr() % 64 == 0 else t.clone()
