@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-# Up to this D the eager CPU updates run in numpy. Above it the O(D^3) work dominates, where
-# OpenBLAS may start threads whose spinning starves torch's on small machines (measured on 2
-# cores: a torch eigh right after a threaded numpy one took 14 ms instead of 0.5 ms).
-NUMPY_MAX_DIM = 64
+# Up to this D the eager CPU updates run in numpy. Above it LAPACK's eigh switches to divide and
+# conquer (n > 25), whose threaded OpenBLAS products leave threads spinning that starve torch's
+# on small machines. Measured on the 2-core dev CPU, CMA-ES ms per generation, numpy / torch
+# namespace, interleaved: D = 10 0.36 / 0.48, D = 24 0.38 / 0.50, D = 28 0.45 / 1.06 (the torch
+# generations after numpy ones slowed 2x; 0.52 with OPENBLAS_NUM_THREADS=1).
+NUMPY_MAX_DIM = 24
 
 
 def ops_for(x: torch.Tensor) -> Any:
