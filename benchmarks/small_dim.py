@@ -11,7 +11,7 @@ compilation:
   where it has one, same jitted form;
 * OpenAI-ES at D = 1000, P = 256: ``fastes.es_step`` against the naive PyTorch loop
   (``torch.randn``, ``cat`` of ±ε, members, fitness, centered ranks, one matmul);
-* R = 64 runs at D = 10 advanced together (``fastes.strategies.BatchedRuns``: CMA-ES,
+* R = 64 runs at D = 10 advanced together (``fastes.strategies.BatchedRuns``: CMA-ES, xNES,
   sep-CMA-ES, SNES, CEM, OpenAI-ES and PGPE with Adam, ARS) against the same 64 runs one after
   another.
 
@@ -236,7 +236,7 @@ def main() -> None:
                     print(f"evosax {EVOSAX[name]} D={D}: {type(e).__name__}: {e}")
             out[f"{name} D={D} P={P}"] = t = timed(runners, max(3, reps // 3))
             print(f"{name} D={D} P={P}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in t.items()))
-    for name in ("cma_es", "sep_cma_es", "snes", "cem", "openai_es", "pgpe", "ars"):
+    for name in ("cma_es", "sep_cma_es", "xnes", "snes", "cem", "openai_es", "pgpe", "ars"):
         out[f"batched_runs R=64 {name} D=10"] = t = batched_runs(name, reps=3 if args.quick else 7)
         print(f"64 {name} runs, D=10: batched {t['batched']:.2f} ms/gen, one after another "
               f"{t['sequential']:.2f} ms/gen, {t['speedup']:.1f}x")  # fmt: skip

@@ -119,24 +119,24 @@ class CMAES(Strategy):
         return zd if self.separable else ops.each(_times_t, zd, B, runs=runs)
 
     def _members(self, state, key, ids):
-        return self._members_from(state, self._z(key, ids).double())
+        return self._members_from(state, self._z(key, ids))
 
     def _members_from(self, state, z):
-        """x = m + σ·B D z for z (..., m, D) float64 (a leading run dim for batched runs)."""
+        """x = m + σ·B D z (float64) for z (..., m, D) (a leading run dim for batched runs)."""
         ops = ops_for(z)
         mean, sigma, B, D = (ops.arr(t) for t in (state.mean, state.sigma, state.B, state.D))
-        y = self._y(ops, B, D, ops.arr(z), z.ndim > 2)
+        y = self._y(ops, B, D, ops.f64(ops.arr(z)), z.ndim > 2)
         return ops.tensor(mean[..., None, :] + sigma[..., None, None] * y)
 
     def _tell(self, state, key, fitness):
         order = self._order(fitness)  # best first
-        return self._update(state, self._z(key, order).double(), order)
+        return self._update(state, self._z(key, order), order)
 
     def _tell_runs(self, state, z, fitness):
         """R runs' tell from their noise z (R, λ, D) (:class:`BatchedRuns`): one update over
         the run dim (the same operations on each run's slice: the same bits, tested)."""
         order = self._order_runs(fitness)  # (R, λ) best first, per run
-        z = z.gather(1, order[..., None].expand(-1, -1, self.dim)).double()
+        z = z.gather(1, order[..., None].expand(-1, -1, self.dim))
         return self._update(state, z, order)[0]
 
     def _update(self, state, z, order):
@@ -146,7 +146,7 @@ class CMAES(Strategy):
         :mod:`fastes.strategies._ops` (numpy for small D on the CPU, torch elsewhere)."""
         p, runs, ops = self.p, z.ndim > 2, ops_for(z)
         s = CMAState(*(ops.arr(t) for t in state[:-1]), state.generation)
-        w, z = ops.arr(self._weights), ops.arr(z)
+        w, z = ops.arr(self._weights), ops.f64(ops.arr(z))
         y = self._y(ops, s.B, s.D, z, runs)
         wpos = w[: p.mu]
         y_w = ops.each(lambda y_: wpos @ y_[..., : p.mu, :], y, runs=runs)

@@ -53,29 +53,30 @@ class XNES(NESBase):
         return XNESState(mean, sigma, eye, self._counter())
 
     def _members(self, state, key, ids):
-        return self._members_from(state, self._z(key, ids).double())
+        return self._members_from(state, self._z(key, ids))
 
     def _members_from(self, state, z):
         """x = μ + σ·B z for z (..., m, D) float64 (a leading run dim for batched runs)."""
         ops = ops_for(z)
         mean, sigma, B, z_ = (ops.arr(t) for t in (state.mean, state.sigma, state.B, z))
-        sz = sigma[..., None, None] * z_
+        sz = sigma[..., None, None] * ops.f64(z_)
         return ops.tensor(mean[..., None, :] + ops.each(_times_t, sz, B, runs=z.ndim > 2))
 
     def _tell(self, state, key, fitness):
         u = self._scores(fitness, "nes").double()  # (P,)
-        z = self._z(key, self._ids(0, self.population_size)).double()  # (P, D)
+        z = self._z(key, self._ids(0, self.population_size))  # (P, D)
         return self._update(state, z, u), u
 
     def _tell_runs(self, state, z, fitness):
         """R runs' tell from their noise z (R, λ, D) (:class:`BatchedRuns`)."""
-        return self._update(state, z.double(), self._runs_scores(fitness, "nes").double())
+        return self._update(state, z, self._runs_scores(fitness, "nes").double())
 
     def _update(self, state, z, u):
         """The xNES update from z (..., P, D) and utilities u (..., P), over an optional leading
         run dim, written once against the namespace of :mod:`fastes.strategies._ops`."""
         runs, ops = z.ndim > 2, ops_for(z)
         mean, sigma, B, z, u = (ops.arr(t) for t in (state.mean, state.sigma, state.B, z, u))
+        z = ops.f64(z)
         eye = ops.eye(self.dim, z)
         g_delta = ops.each(ops.vecmat, u, z, runs=runs)  # Σ u_i z_i
         # G_M = Σ u_i (z_i z_iᵀ − I) = Zᵀ diag(u) Z − (Σ u) I
