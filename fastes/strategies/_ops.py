@@ -76,6 +76,11 @@ class TorchOps:
         return torch.add(a, b, alpha=alpha)
 
     @staticmethod
+    def add_(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
+        """a + alpha·b written into a (a fresh result: no D x D temporaries at large D)."""
+        return a.add_(b, alpha=alpha)
+
+    @staticmethod
     def norm(x: torch.Tensor) -> torch.Tensor:
         return torch.linalg.vector_norm(x, dim=-1)
 
@@ -144,6 +149,11 @@ class NumpyOps:
     @staticmethod
     def add(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
         return a + alpha * b
+
+    @staticmethod
+    def add_(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
+        a += alpha * b
+        return a
 
     @staticmethod
     def norm(x: np.ndarray) -> np.ndarray:

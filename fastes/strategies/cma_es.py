@@ -178,8 +178,8 @@ class CMAES(Strategy):
             rank_mu = ops.each(
                 lambda y_, w_: (ops.mT(y_) * w_[..., None, :]) @ y_, y, w_circ, runs=runs
             )
-            C = ops.add(s.C * decay[..., None, None], p_c[..., :, None] * p_c[..., None, :], p.c_1)
-            C = ops.add(C, rank_mu, p.c_mu)
+            C = s.C * decay[..., None, None]  # a fresh array: the rest adds into it
+            C = ops.add_(ops.add_(C, p_c[..., :, None] * p_c[..., None, :], p.c_1), rank_mu, p.c_mu)
             if g % p.eigen_gap == 0:  # lazy: B and D lag C by < eigen_gap generations
                 # eigh reads C's lower triangle; the rank-μ product's rounding may leave the
                 # two triangles a few ulps apart, which this keeps from mattering.
