@@ -91,7 +91,8 @@ def _rank_weights_small(f: torch.Tensor, method: str, negate: bool = False) -> t
     v = f.detach().numpy()
     v = -v if negate else v  # exact, as torch's -f
     order = np.argsort(v, axis=-1, kind="stable")  # ascending: position 0 is the worst
-    s = np.take_along_axis(v, order, -1)
+    one = v.ndim == 1  # one run: plain indexing (take/put_along_axis cost ~5-10 µs each)
+    s = v[order] if one else np.take_along_axis(v, order, -1)
     if not np.isfinite(s).all() or (s[..., 1:] == s[..., :-1]).any():
         return None
     n = v.shape[-1]
@@ -101,7 +102,10 @@ def _rank_weights_small(f: torch.Tensor, method: str, negate: bool = False) -> t
             _TABLES_NP.clear()
         _TABLES_NP[k] = _make_rank_table(n, method, torch.float64, "cpu").numpy().astype(v.dtype)
     w = np.empty_like(v)
-    np.put_along_axis(w, order, np.broadcast_to(_TABLES_NP[k], v.shape), -1)
+    if one:
+        w[order] = _TABLES_NP[k]
+    else:
+        np.put_along_axis(w, order, np.broadcast_to(_TABLES_NP[k], v.shape), -1)
     return torch.from_numpy(w)
 
 
