@@ -219,6 +219,7 @@ def parser() -> argparse.ArgumentParser:
         ("optimizer", str), ("policy", str),
         ("goal", float), ("goal-count", int), ("eval-every", int), ("eval-episodes", int),
         ("workers", int), ("seed", int), ("checkpoint-every", int), ("video-every", int),
+        ("reward-clip", float),
     ):  # fmt: skip
         t.add_argument(f"--{name}", type=typ)
     t.add_argument("--normalize-obs", action=argparse.BooleanOptionalAction, default=None)

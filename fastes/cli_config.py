@@ -21,7 +21,7 @@ _COMMON = dict(
     lr_decay=1.0, optimizer=None, policy="mlp", hidden="16", episodes=4, normalize_obs=True,
     goal=None,
     goal_count=3, eval_every=5, eval_episodes=10, workers=None, seed=0, checkpoint_every=None,
-    video_every=0,
+    video_every=0, reward_clip=None,
 )  # fmt: skip
 
 # Settings per built-in task: a starting point (measured results in the README), not a law.
@@ -195,8 +195,12 @@ def build(config: dict):
         task = GymTask(
             name[4:], policy, hidden=hidden, episodes=config["episodes"], workers=config["workers"],
             normalize_obs=config["normalize_obs"], eval_episodes=config["eval_episodes"],
+            reward_clip=config.get("reward_clip"),  # runs from before it existed: None
         )  # fmt: skip
     else:
+        if config.get("reward_clip") is not None:
+            raise SystemExit("--reward-clip applies to gym: tasks (the built-in envs' rewards "
+                             f"are already bounded); got it for {name!r}")  # fmt: skip
         task = EnvTask(
             name, policy, hidden=hidden, episodes=config["episodes"],
             normalize_obs=config["normalize_obs"], eval_episodes=config["eval_episodes"],

@@ -298,3 +298,16 @@ def test_video_every_logs_clips_through_the_cli(tmp_path):
     events = EventAccumulator(str(run / "tb"), size_guidance={"images": 0})
     events.Reload()
     assert [c.step for c in events.Images("clip")] == [0]
+
+
+def test_reward_clip_reaches_gym_tasks_and_is_refused_for_built_in_envs(tmp_path):
+    pytest.importorskip("gymnasium")
+    config = {**preset("gym:CartPole-v1"), "task": "gym:CartPole-v1", "reward_clip": 1.0,
+              "workers": 0, "strategy_args": {}}  # fmt: skip
+    task = build(config)[0]
+    try:
+        assert task.reward_clip == 1.0
+    finally:
+        task.close()
+    with pytest.raises(SystemExit, match="--reward-clip applies to gym: tasks"):
+        main(["train", "cartpole", "--reward-clip", "1", "--run-dir", str(tmp_path / "r"), *_SMALL])

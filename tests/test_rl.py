@@ -104,6 +104,27 @@ def test_gym_task_is_the_same_for_any_worker_count():
         _policy_for(_Env(), (4,), gymnasium)
 
 
+def test_gym_reward_clip_shapes_the_fitness_and_not_the_evaluation():
+    # CartPole pays +1 a step: clipped to ±0.5 the fitness is half the return, exactly (sums of
+    # halves of small integers are exact); the unperturbed evaluation reports true returns.
+    pytest.importorskip("gymnasium")
+    from fastes.rl.gym import GymTask
+
+    out = {}
+    for clip in (None, 0.5):
+        task = GymTask("CartPole-v1", hidden=(4,), episodes=2, workers=0, eval_episodes=2,
+                       reward_clip=clip)  # fmt: skip
+        params = task.init_params(fastes.key(0))
+        params["w1"] = torch.randn(4, 2, generator=torch.Generator().manual_seed(3))
+        stacked = {k: torch.stack([v, 0.5 * v]) for k, v in params.items()}
+        out[clip] = task.fitness(stacked, fastes.key(7)), task.evaluate(params, fastes.key(8))
+    assert torch.equal(out[0.5][0], 0.5 * out[None][0]) and bool((out[None][0] > 1).all())
+    assert out[0.5][1] == out[None][1]
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="reward_clip"):
+            GymTask("CartPole-v1", workers=0, reward_clip=bad)
+
+
 class _Env:  # a Box action space with per-dimension bounds
     observation_space = gymnasium.spaces.Box(-1, 1, (3,)) if gymnasium else None
     action_space = (

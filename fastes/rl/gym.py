@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .. import normalization as nz
+from .._validate import real
 from ..noise import philox_uint32_rows
 from ..tree import tree_leaves, tree_map
 from .policies import MLPPolicy
@@ -54,11 +55,13 @@ def _make(env_id: str, env_kwargs: dict):
 
 
 def run_episodes(
-    env_id, env_kwargs, policy: MLPPolicy, params, norm, seeds, observe=False, frames=None
-):
+    env_id, env_kwargs, policy: MLPPolicy, params, norm, seeds, observe=False, frames=None,
+    reward_clip=None,
+):  # fmt: skip
     """Play one member's episodes (one per seed) in this process; returns
     ``(returns (E,), lengths (E,), (count, mean, m2) of the observations or None)``.
-    ``frames``: a list that receives the rendered RGB frames (one after each reset and step)."""
+    ``frames``: a list that receives the rendered RGB frames (one after each reset and step).
+    ``reward_clip``: each step's reward is clipped to ±reward_clip before it is summed."""
     if frames is not None:
         env_kwargs = {**env_kwargs, "render_mode": "rgb_array"}
     env = _make(env_id, env_kwargs)
@@ -81,7 +84,8 @@ def run_episodes(
             obs, reward, terminated, truncated, _ = env.step(a)
             if frames is not None:
                 frames.append(env.render())
-            total += float(reward)
+            r = float(reward)
+            total += r if reward_clip is None else min(max(r, -reward_clip), reward_clip)
             n += 1
             done = terminated or truncated
         returns.append(total)
@@ -125,6 +129,9 @@ class GymTask(RLTaskMixin):
         normalize_obs: running observation normalisation.
         eval_episodes: episodes of the unperturbed evaluation (seeds from the eval key).
         env_kwargs: passed to ``gymnasium.make`` (e.g. ``max_episode_steps``).
+        reward_clip: training only: the fitness sums each step's reward clipped to
+            ±reward_clip (ARS set-ups for BipedalWalker clip to ±1 so that its −100 for a fall
+            does not drown the reward for walking); evaluations report the true returns.
 
     Worker processes are started with ``spawn`` (safe with threads and CUDA), which re-imports
     the main module in every worker: a script that uses ``workers > 0`` must keep its top-level
@@ -146,6 +153,7 @@ class GymTask(RLTaskMixin):
         eval_episodes: int = 10,
         env_kwargs: dict | None = None,
         start_method: str = "spawn",
+        reward_clip: float | None = None,
     ):
         self._pool: ProcessPoolExecutor | None = None  # first: __del__ runs even if init fails
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)):
@@ -154,6 +162,9 @@ class GymTask(RLTaskMixin):
             raise ValueError(f"workers must be an int >= 0 or None (all CPUs); got {workers}")
         gym = import_gymnasium()
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs or {})
+        self.reward_clip = (
+            None if reward_clip is None else real(reward_clip, "reward_clip", positive=True)
+        )
         env = gym.make(env_id, **self.env_kwargs)
         if policy is None or isinstance(policy, str):
             policy = _policy_for(env, tuple(hidden), gym, policy or "mlp")
@@ -200,7 +211,7 @@ class GymTask(RLTaskMixin):
         seeds, norm = self.seeds(key, self.episodes), self._norm()
         jobs = [
             (self.env_id, self.env_kwargs, self.policy, tree_map(lambda v, m=m: v[m], flat),
-             norm, seeds, self.normalize_obs)
+             norm, seeds, self.normalize_obs, None, self.reward_clip)
             for m in range(members)
         ]  # fmt: skip
         results = self._map(jobs)
