@@ -169,7 +169,8 @@ class CMAES(Strategy):
         w_neg = ops.arr(self._wneg_n) / ops.clamp_min((z[..., p.mu :, :] ** 2).sum(-1), 1e-300)
         w_circ = ops.join(wpos, w_neg)
         if self.separable:
-            rank_mu = (w_circ[..., None, :] @ y**2)[..., 0, :]
+            rank_mu = ops.each(lambda y_, w_: (w_[..., None, :] @ y_**2)[..., 0, :], y, w_circ,
+                               runs=runs)  # fmt: skip
             C = s.C * decay[..., None] + p.c_1 * p_c**2 + p.c_mu * rank_mu
             C = ops.clamp_min(C, 1e-300)
             B, D = s.B, ops.sqrt(C)
