@@ -70,6 +70,24 @@ PRESETS: dict[str, dict] = {
         eval_episodes=10,
         generations=300,
     ),  # fmt: skip
+    # ARS V2-t, linear policy, 16 directions all used (b = 16), ν = 0.03, α = 0.02, training
+    # rewards clipped to ±1 (a fall's −100 would drown walking); goal: the env's "solved" 300,
+    # mean of 10 evaluation episodes (true returns), 3 evaluations in a row.
+    "gym:BipedalWalker-v3": dict(
+        strategy="ars",
+        strategy_args={"top_directions": 16},
+        hidden="",
+        population=32,
+        sigma=0.03,
+        lr=0.02,
+        episodes=1,
+        reward_clip=1.0,
+        goal=300.0,
+        goal_count=3,
+        eval_every=20,
+        eval_episodes=10,
+        generations=2000,
+    ),  # fmt: skip
 }
 _GYM_DEFAULT = dict(hidden="32,32", sigma=0.05, lr=0.02, episodes=1, eval_every=10)
 

@@ -311,3 +311,22 @@ def test_reward_clip_reaches_gym_tasks_and_is_refused_for_built_in_envs(tmp_path
         task.close()
     with pytest.raises(SystemExit, match="--reward-clip applies to gym: tasks"):
         main(["train", "cartpole", "--reward-clip", "1", "--run-dir", str(tmp_path / "r"), *_SMALL])
+
+
+@pytest.mark.parametrize(
+    "task,needs,top,clip",
+    [("gym:HalfCheetah-v5", "mujoco", 4, None), ("gym:BipedalWalker-v3", "Box2D", 16, 1.0)],
+)
+def test_locomotion_presets_build_what_they_promise(task, needs, top, clip):
+    # The README's locomotion rows run these presets: ARS on a linear policy with their b, and
+    # BipedalWalker's training rewards clipped to ±1.
+    pytest.importorskip("gymnasium")
+    pytest.importorskip(needs)
+    config = {**preset(task), "task": task, "workers": 0}
+    config["strategy_args"] = config.pop("strategy_args", {})
+    built, strategy, params = build(config)
+    try:
+        assert strategy.name == "ars" and strategy.top == top
+        assert built.reward_clip == clip and list(params) == ["w0", "b0"]
+    finally:
+        built.close()
