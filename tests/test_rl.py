@@ -125,6 +125,25 @@ def test_gym_reward_clip_shapes_the_fitness_and_not_the_evaluation():
             GymTask("CartPole-v1", workers=0, reward_clip=bad)
 
 
+def test_box2d_episodes_do_not_depend_on_the_episodes_before_them():
+    # Box2D envs keep one b2World across resets: a member's return depended on the members the
+    # same process had played before it (here: 3rd in a job list vs alone), so on the worker
+    # count and scheduling. GymTask makes them fresh per job; the member's fitness is now the
+    # same either way (small weights keep the walker up long enough for it to show).
+    pytest.importorskip("Box2D")
+    from fastes.rl.gym import GymTask
+
+    def fitness(order):
+        task = GymTask("BipedalWalker-v3", hidden=(), episodes=2, workers=0, normalize_obs=False)
+        p = task.init_params(fastes.key(0))
+        g = torch.Generator().manual_seed(1)
+        cand = [{k: torch.randn(v.shape, generator=g) * 0.05 for k, v in p.items()} for _ in order]
+        return task.fitness({k: torch.stack([cand[i][k] for i in order]) for k in p}, fastes.key(5))
+
+    alone, after_others = fitness([0]), fitness([1, 2, 0])
+    assert torch.equal(alone[0], after_others[2])
+
+
 class _Env:  # a Box action space with per-dimension bounds
     observation_space = gymnasium.spaces.Box(-1, 1, (3,)) if gymnasium else None
     action_space = (

@@ -48,10 +48,19 @@ def import_gymnasium():
 
 
 def _make(env_id: str, env_kwargs: dict):
+    """``(env, kept)``: this process's env for (id, kwargs), kept for the next job, or a fresh
+    one the caller closes. Box2D envs keep one ``b2World`` across ``reset``, so an episode
+    depended on the episodes the process had run before it (measured on BipedalWalker-v3: the
+    same member's return moved in the 4th digit after three other members), i.e. on how jobs
+    fell to workers; they are made fresh for every job (~1.6 ms for BipedalWalker)."""
     k = (env_id, tuple(sorted(env_kwargs.items())))
-    if k not in _ENV:
-        _ENV[k] = import_gymnasium().make(env_id, **env_kwargs)
-    return _ENV[k]
+    if k in _ENV:
+        return _ENV[k], True
+    env = import_gymnasium().make(env_id, **env_kwargs)
+    if type(getattr(env.unwrapped, "world", None)).__name__ == "b2World":
+        return env, False
+    _ENV[k] = env
+    return env, True
 
 
 def run_episodes(
@@ -64,7 +73,7 @@ def run_episodes(
     ``reward_clip``: each step's reward is clipped to ±reward_clip before it is summed."""
     if frames is not None:
         env_kwargs = {**env_kwargs, "render_mode": "rgb_array"}
-    env = _make(env_id, env_kwargs)
+    env, kept = _make(env_id, env_kwargs)
     returns, lengths, seen = [], [], []
     recurrent = getattr(policy, "recurrent", False)
     for seed in seeds:
@@ -90,6 +99,8 @@ def run_episodes(
             done = terminated or truncated
         returns.append(total)
         lengths.append(n)
+    if not kept:
+        env.close()
     stats = None
     if observe:
         x = np.asarray(seen, dtype=np.float64)
