@@ -24,6 +24,11 @@ _COMMON = dict(
     video_every=0, reward_clip=None,
 )  # fmt: skip
 
+# ARS V2-t on a linear policy, Mania et al. 2018's step (ν = 0.03, α = 0.02), one episode per
+# member, 10 evaluation episodes, 3 evaluations in a row at the goal: the locomotion presets.
+_ARS_LINEAR = dict(strategy="ars", hidden="", sigma=0.03, lr=0.02, episodes=1, goal_count=3,
+                   eval_episodes=10)  # fmt: skip
+
 # Settings per built-in task: a starting point (measured results in the README), not a law.
 PRESETS: dict[str, dict] = {
     "cartpole": dict(goal=500.0),
@@ -54,38 +59,25 @@ PRESETS: dict[str, dict] = {
         generations=1000,
     ),  # fmt: skip
     # ARS V2-t on a linear policy with Mania et al. 2018's HalfCheetah settings (N = 32
-    # directions, b = 4, ν = 0.03, α = 0.02); the goal is their threshold, 3430, on 3 evaluations
-    # in a row (a policy that crossed it once still falls over on some episodes).
+    # directions, b = 4); the goal is their threshold, 3430, on 3 evaluations in a row (a policy
+    # that crossed it once still falls over on some episodes).
     "gym:HalfCheetah-v5": dict(
-        strategy="ars",
+        _ARS_LINEAR,
         strategy_args={"top_directions": 4},
-        hidden="",
         population=64,
-        sigma=0.03,
-        lr=0.02,
-        episodes=1,
         goal=3430.0,
-        goal_count=3,
         eval_every=10,
-        eval_episodes=10,
         generations=300,
     ),  # fmt: skip
-    # ARS V2-t, linear policy, 16 directions all used (b = 16), ν = 0.03, α = 0.02, training
-    # rewards clipped to ±1 (a fall's −100 would drown walking); goal: the env's "solved" 300,
-    # mean of 10 evaluation episodes (true returns), 3 evaluations in a row.
+    # 16 directions all used (b = 16), training rewards clipped to ±1 (a fall's −100 would
+    # drown walking); goal: the env's "solved" 300 (true returns), 3 evaluations in a row.
     "gym:BipedalWalker-v3": dict(
-        strategy="ars",
+        _ARS_LINEAR,
         strategy_args={"top_directions": 16},
-        hidden="",
         population=32,
-        sigma=0.03,
-        lr=0.02,
-        episodes=1,
         reward_clip=1.0,
         goal=300.0,
-        goal_count=3,
         eval_every=20,
-        eval_episodes=10,
         generations=2000,
     ),  # fmt: skip
 }
