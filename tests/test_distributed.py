@@ -25,8 +25,34 @@ ENV = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1",
        "FASTES_DIST_TIMEOUT_S": "30"}  # fmt: skip
 
 
+# A rank that aborts as its interpreter exits: the C++ runtime's message for a std::thread
+# destroyed while joinable, printed after every rank had returned from
+# fastes.distributed.shutdown (barrier, destroy_process_group). Seen once in CI (1 of the ~15
+# launches a suite makes) and in 2 of 183 launches of the "core" job here (both with 3
+# processes while another such job ran beside it; none in 30 launches alone).
+_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def torchrun(nproc, *args, timeout=150, extra=(), check=True):
-    """Run ``torchrun --standalone`` (rendezvous on localhost) and return the CompletedProcess."""
+    """Run ``torchrun --standalone`` (rendezvous on localhost); return (returncode, output).
+
+    A launch of one of the worker scripts (tests/dist/*.py: each rewrites its output file from
+    scratch, so running it again is harmless) that failed with gloo's teardown abort is run once
+    more, and the first output is kept in the assertion message should the second fail too. A
+    failure of any other kind, a second abort, or an abort of a CLI run fails at once.
+    """
+    rc, out = _torchrun_once(nproc, args, timeout, extra)
+    idempotent = bool(args) and str(args[0]).startswith(str(Path(WORKER).parent))
+    first = ""
+    if check and rc != 0 and idempotent and _TEARDOWN_ABORT in out:
+        first = f"\n--- the first launch, which aborted in teardown ---\n{out[-1500:]}"
+        rc, out = _torchrun_once(nproc, args, timeout, extra)
+    if check:
+        assert rc == 0, out[-3000:] + first
+    return rc, out
+
+
+def _torchrun_once(nproc, args, timeout, extra):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={nproc}", *extra, *args]  # fmt: skip
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -37,9 +63,39 @@ def torchrun(nproc, *args, timeout=150, extra=(), check=True):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # the agent and its workers
             proc.wait()
-    if check:
-        assert proc.returncode == 0, out[-3000:]
     return proc.returncode, out
+
+
+def test_torchrun_helper_retries_only_a_workers_teardown_abort(monkeypatch):
+    # The retry above, without processes: a worker launch that aborts in teardown once runs
+    # again; twice, or any other failure, or a CLI launch, fails at once.
+    calls = []
+
+    def fake(outcomes):
+        def once(nproc, args, timeout, extra):
+            calls.append(args[0])
+            return outcomes.pop(0)
+
+        monkeypatch.setattr(sys.modules[__name__], "_torchrun_once", once)
+
+    abort = (1, f"...\n{_TEARDOWN_ABORT}\nChildFailedError")
+    fake([abort, (0, "ok")])
+    assert torchrun(2, WORKER, "out.pt", "core") == (0, "ok") and len(calls) == 2
+    calls.clear()
+    fake([abort, abort])
+    with pytest.raises(AssertionError, match="the first launch, which aborted"):
+        torchrun(2, WORKER, "out.pt", "core")
+    assert len(calls) == 2
+    calls.clear()
+    fake([(1, "ValueError: boom")])
+    with pytest.raises(AssertionError, match="boom"):
+        torchrun(2, WORKER, "out.pt", "core")
+    fake([abort])
+    with pytest.raises(AssertionError, match="terminate called"):
+        torchrun(2, "-m", "fastes", "resume", "runs/x")
+    fake([abort])
+    assert torchrun(2, WORKER, "x.pt", "skew", check=False) == abort  # the caller judges it
+    assert len(calls) == 3
 
 
 def test_member_range_is_balanced_contiguous_and_complete():
