@@ -47,6 +47,9 @@ from .prng import (
     _LANES,
     MASK32,
     TAG_OFFSET,
+    _from_lanes,
+    _lane_masks,
+    _philox_lane_ints,
     _philox_lanes,
     check_key,
     check_keys,
@@ -141,18 +144,27 @@ def table_offsets(k: torch.Tensor, rows, dim: int, table_size: int) -> torch.Ten
         raise ValueError(f"dim must be <= the noise table size {table_size}; got dim={dim}")
     small = rows.numel() <= _LANES and k.device.type == "cpu" and not torch.compiler.is_compiling()
     if small and not batch:
-        # Up to a few hundred rows: the same words as lanes of one Python int, the offsets in
-        # numpy uint64 (16 rows: 14 µs; one Python-int Philox a row 47 µs, tensor ops ~150 µs).
-        r, u = rows.numpy().view(np.uint64), np.uint64  # row ids are >= 0
-        hi = r >> u(32) if r.size and r.max() > MASK32 else 0
-        w0, w1, _, _ = _philox_lanes(r & u(MASK32), hi, 0, TAG_OFFSET, *key_words(k))
-        offsets = (((w1 & u(0x3FFFFFFF)) << u(32)) | w0) % u(span)
-        return torch.from_numpy(offsets.view(np.int64))
+        return torch.from_numpy(_small_offsets(key_words(k), rows.numpy(), span))
     zero = torch.zeros_like(rows)
     words = (k[:, :1], k[:, 1:]) if batch else key_words(k)  # a batch: (R, 1) against (rows,)
     w0, w1, _, _ = philox4x32(rows & MASK32, rows >> 32, zero, zero + TAG_OFFSET, *words)
     # 62 random bits mod span: the modulo bias is below span / 2^62, i.e. negligible.
     return (((w1 & 0x3FFFFFFF) << 32) | w0) % span
+
+
+def _small_offsets(words: tuple[int, int], rows: np.ndarray, span: int) -> np.ndarray:
+    """:func:`table_offsets` of up to a few hundred rows (int64, >= 0) of one CPU key given by
+    its words, as numpy int64: the rows' counters as lanes of one Python int, the offsets in
+    numpy uint64 (16 rows: 14 µs; one Python-int Philox a row 47 µs, tensor ops ~150 µs)."""
+    r, u, n = rows.view(np.uint64), np.uint64, rows.size
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    hi = r >> u(32) if r.max() > MASK32 else 0
+    w0, w1, _, _ = _philox_lane_ints(n, r & u(MASK32), hi, 0, TAG_OFFSET, *words)
+    # 62 random bits (lane by lane: 30 bits of w1 above w1's 32, which stay inside each 64-bit
+    # lane) mod span: the modulo bias is below span / 2^62, i.e. negligible.
+    bits = ((w1 & _lane_masks(n)[0] * 0x3FFFFFFF) << 32) | w0
+    return (_from_lanes(bits, n) % u(span)).view(np.int64)
 
 
 def philox_weighted_sum(
@@ -266,20 +278,29 @@ _LAST_OFFSETS: list = []
 # it each member is written straight from its table slice and the gradient re-reads the slices,
 # which moves the least memory (D = 1e5, P = 256: 23 ms this way, 40 ms through a gather).
 _GATHER_MAX_DIM = 2**14
+# Up to this many elements eager CPU rows are gathered by numpy indexing (no dispatch; a copy of
+# the same table values either way).
+_NUMPY_GATHER = 4096
 
 
 def _offsets_memo(k: torch.Tensor, rows, dim: int, size: int) -> torch.Tensor:
-    """``table_offsets(...)``, remembering the last call: one ES step asks for the same rows
-    twice (members, then the gradient), and at small D the Philox call on a handful of rows
-    (~0.25 ms of tiny tensor ops here) was a quarter of the whole step. A pure function's
-    result is reused only for identical inputs."""
-    rows = _as_rows(rows, k.device)
-    tag = (tuple(k.tolist()), dim, size)
-    if _LAST_OFFSETS and _LAST_OFFSETS[0] == tag and _LAST_OFFSETS[1].shape == rows.shape:
-        if torch.equal(_LAST_OFFSETS[1], rows):
-            return _LAST_OFFSETS[2]
-    offsets = table_offsets(k, rows, dim, size)
-    _LAST_OFFSETS[:] = [tag, rows.clone(), offsets]
+    """``table_offsets(...)`` of a CPU key, remembering the last call: one ES step asks for the
+    same rows twice (members, then the gradient), and at small D the Philox call on a handful
+    of rows was a quarter of the whole step. A pure function's result is reused only for
+    identical inputs (compared in numpy: ~1 µs against ~3 µs of torch.equal and a clone)."""
+    check_key(k)
+    rows = _as_rows(rows, k.device).numpy()
+    tag = (*k.tolist(), dim, size)
+    if _LAST_OFFSETS and _LAST_OFFSETS[0] == tag and np.array_equal(_LAST_OFFSETS[1], rows):
+        return _LAST_OFFSETS[2]
+    if rows.size <= _LANES:
+        span = size - dim + 1
+        if span < 1:
+            raise ValueError(f"dim must be <= the noise table size {size}; got dim={dim}")
+        offsets = torch.from_numpy(_small_offsets(tag[:2], rows, span))
+    else:
+        offsets = table_offsets(k, torch.from_numpy(rows), dim, size)
+    _LAST_OFFSETS[:] = [tag, rows.copy(), offsets]
     return offsets
 
 
@@ -297,6 +318,8 @@ class TableNoise(NamedTuple):
                 t.unfold(0, dim, 1), 0, table_offsets(k, rows, dim, t.numel())
             )
         offsets = _offsets_memo(k, rows, dim, t.numel())
+        if offsets.numel() * dim <= _NUMPY_GATHER:  # the same values, ~2 µs against ~10 µs
+            return torch.from_numpy(t.numpy()[offsets.numpy()[:, None] + np.arange(dim)])
         # One index_select on the overlapping (span, dim) view of the table: measured here at
         # 0.1-0.25 ns/element for 128 rows of D = 1e3-1e4 (8x faster than slicing row by row and
         # stacking) and no slower at D = 1e5-1e6.

@@ -80,6 +80,16 @@ def _philox_lanes(c0, c1, c2, c3, k0: int, k1: int, rounds: int = 10):
     n = next((len(w) for w in (c0, c1, c2, c3) if not isinstance(w, int)), 1)
     if n == 0:
         return tuple(np.zeros(0, dtype=np.uint64) for _ in range(4))
+    return tuple(_from_lanes(w, n) for w in _philox_lane_ints(n, c0, c1, c2, c3, k0, k1, rounds))
+
+
+def _from_lanes(w: int, n: int) -> np.ndarray:
+    """The n 64-bit lanes of a Python int as a uint64 array."""
+    return np.frombuffer(w.to_bytes(8 * n, "little"), dtype="<u8").astype(np.uint64)
+
+
+def _philox_lane_ints(n: int, c0, c1, c2, c3, k0: int, k1: int, rounds: int = 10):
+    """:func:`_philox_lanes`' rounds, returning the four words as lane-packed Python ints."""
     ones, low = _lane_masks(n)
     a, b, c, d = (w * ones if isinstance(w, int) else
                   int.from_bytes(np.ascontiguousarray(w, dtype="<u8").tobytes(), "little")
@@ -88,8 +98,7 @@ def _philox_lanes(c0, c1, c2, c3, k0: int, k1: int, rounds: int = 10):
         p0, p1 = a * _M0, c * _M1
         a, b, c, d = ((p1 >> 32) & low) ^ b ^ (r0 * ones), p1 & low, \
             ((p0 >> 32) & low) ^ d ^ (r1 * ones), p0 & low  # fmt: skip
-    return tuple(np.frombuffer(w.to_bytes(8 * n, "little"), dtype="<u8").astype(np.uint64)
-                 for w in (a, b, c, d))  # fmt: skip
+    return a, b, c, d
 
 
 @functools.lru_cache(maxsize=64)

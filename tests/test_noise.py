@@ -85,6 +85,14 @@ def test_table_offsets_of_a_few_rows_equal_the_vectorised_ones():
     parts = torch.cat([table_offsets(k, rows[i : i + 10], 10, 2**24) for i in range(0, 300, 10)])
     assert torch.equal(whole, parts)
     assert torch.equal(table_offsets(k[None], rows[:20], 10, 2**24)[0], whole[:20])
+    # The eager CPU memo (its own call of the lanes path up to 256 rows), asked twice each.
+    from fastes.noise import _offsets_memo
+
+    for n in (0, 20, 300, 20):
+        for _ in range(2):
+            assert torch.equal(_offsets_memo(k, rows[:n], 10, 2**24), whole[:n])
+    with pytest.raises(ValueError, match="dim must be <= the noise table size"):
+        _offsets_memo(k, rows[:2], 2**24 + 1, 2**24)
 
 
 def test_table_rows_are_slices_at_key_derived_offsets():
@@ -92,9 +100,12 @@ def test_table_rows_are_slices_at_key_derived_offsets():
     k = fastes.key(8)
     offs = table_offsets(k, torch.arange(10), 100, 5000)
     assert int(offs.min()) >= 0 and int(offs.max()) <= 5000 - 100
-    rows = TableNoise(t).rows(k, torch.arange(10), 100)
-    for i, o in enumerate(offs.tolist()):
-        assert torch.equal(rows[i], t.values[o : o + 100])
+    for n in (10, 50):  # 1,000 elements gathered in numpy, 5,000 by index_select
+        offs = table_offsets(k, torch.arange(n), 100, 5000)
+        rows = TableNoise(t).rows(k, torch.arange(n), 100)
+        assert rows.shape == (n, 100) and rows.dtype == torch.float32
+        for i, o in enumerate(offs.tolist()):
+            assert torch.equal(rows[i], t.values[o : o + 100])
     with pytest.raises(ValueError, match="dim must be <= the noise table size"):
         table_offsets(k, torch.arange(2), 5001, 5000)
 
