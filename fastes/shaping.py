@@ -197,6 +197,13 @@ def shape_fitness(
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
     if not isinstance(fitness, torch.Tensor):
         raise TypeError(f"fitness must be a torch.Tensor; got {type(fitness).__name__}")
+    if fitness.dim() == 1 and method in ("centered_ranks", "nes"):
+        # One objective's ranks on the eager CPU (every small-D generation): straight to the
+        # numpy shortcut below, without the (P, 1) views (the same call on the same values).
+        if _numpy_shortcut(fitness, objective_weights):
+            w = _rank_weights_small(fitness, method, minimize)
+            if w is not None:
+                return w, ShapeStats(0, 0)
     if fitness.dim() not in (1, 2) or fitness.shape[0] < 1:
         raise ValueError(f"fitness must have shape (P,) or (P, K); got {tuple(fitness.shape)}")
     f = fitness if fitness.is_floating_point() else fitness.float()
