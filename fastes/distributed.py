@@ -39,6 +39,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
+import time
 from datetime import timedelta
 from typing import Any, NamedTuple
 
@@ -70,6 +71,9 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT_S = 300.0  # overridden by the FASTES_DIST_TIMEOUT_S environment variable
+# Seconds a leaving rank waits, GIL released, for gloo's threads to drop their last tensors
+# (see shutdown): once per process, at its end.
+SETTLE_S = 0.2
 
 # What this process has exchanged: collectives run and bytes received (the gathered output),
 # for benchmarks/distributed.py. Plain counters: read with traffic(), zeroed by reset_traffic().
@@ -158,10 +162,18 @@ def shutdown() -> None:
     Without it, a rank that exits while a peer still has a collective in flight can die with
     "terminate called without an active exception" (SIGABRT) as gloo's threads are torn down —
     seen here on about 1 launch in 10, and torchrun then reports the job failed.
+
+    Even after the barrier a rank could abort the same way (2 of 183 launches under load; a core
+    dump showed why): gloo's worker thread destroys a finished collective's work object just
+    after waking the caller, and the last reference to its tensors then needs the GIL; if the
+    interpreter has begun to finalize by then, taking the GIL ends the thread and
+    ``std::terminate`` aborts the process. So the caller waits a moment, GIL released, after
+    destroying the group, for those threads to finish (:data:`SETTLE_S`).
     """
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+        time.sleep(SETTLE_S)
 
 
 def _shutdown() -> None:
@@ -169,6 +181,7 @@ def _shutdown() -> None:
     and peers may never arrive)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+        time.sleep(SETTLE_S)
 
 
 def current() -> Group | None:
@@ -308,8 +321,6 @@ def choose_exchange(
     (the fitness-only exchange is the one with bit-identical results on any world size).
     Without a group: ``"fitness"``.
     """
-    import time
-
     group = current() if group is None else group
     if group is None or group.world_size == 1:
         return "fitness"
