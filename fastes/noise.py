@@ -50,7 +50,6 @@ from .prng import (
     _from_lanes,
     _lane_masks,
     _philox_lane_ints,
-    _philox_lanes,
     check_key,
     check_keys,
     key_words,
