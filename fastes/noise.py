@@ -138,9 +138,7 @@ def table_offsets(k: torch.Tensor, rows, dim: int, table_size: int) -> torch.Ten
     batch = k.ndim == 2
     check_keys(k, "k") if batch else check_key(k)
     rows = _as_rows(rows, k.device)
-    span = table_size - dim + 1
-    if span < 1:
-        raise ValueError(f"dim must be <= the noise table size {table_size}; got dim={dim}")
+    span = _offset_span(dim, table_size)
     small = rows.numel() <= _LANES and k.device.type == "cpu" and not torch.compiler.is_compiling()
     if small and not batch:
         return torch.from_numpy(_small_offsets(key_words(k), rows.numpy(), span))
@@ -149,6 +147,14 @@ def table_offsets(k: torch.Tensor, rows, dim: int, table_size: int) -> torch.Ten
     w0, w1, _, _ = philox4x32(rows & MASK32, rows >> 32, zero, zero + TAG_OFFSET, *words)
     # 62 random bits mod span: the modulo bias is below span / 2^62, i.e. negligible.
     return (((w1 & 0x3FFFFFFF) << 32) | w0) % span
+
+
+def _offset_span(dim: int, table_size: int) -> int:
+    """How many offsets a row of ``dim`` elements can start at in a table of ``table_size``."""
+    span = table_size - dim + 1
+    if span < 1:
+        raise ValueError(f"dim must be <= the noise table size {table_size}; got dim={dim}")
+    return span
 
 
 def _small_offsets(words: tuple[int, int], rows: np.ndarray, span: int) -> np.ndarray:
@@ -293,10 +299,7 @@ def _offsets_memo(k: torch.Tensor, rows, dim: int, size: int) -> torch.Tensor:
     if _LAST_OFFSETS and _LAST_OFFSETS[0] == tag and np.array_equal(_LAST_OFFSETS[1], rows):
         return _LAST_OFFSETS[2]
     if rows.size <= _LANES:
-        span = size - dim + 1
-        if span < 1:
-            raise ValueError(f"dim must be <= the noise table size {size}; got dim={dim}")
-        offsets = torch.from_numpy(_small_offsets(tag[:2], rows, span))
+        offsets = torch.from_numpy(_small_offsets(tag[:2], rows, _offset_span(dim, size)))
     else:
         offsets = table_offsets(k, torch.from_numpy(rows), dim, size)
     _LAST_OFFSETS[:] = [tag, rows.copy(), offsets]
