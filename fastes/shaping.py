@@ -197,26 +197,22 @@ def shape_fitness(
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
     if not isinstance(fitness, torch.Tensor):
         raise TypeError(f"fitness must be a torch.Tensor; got {type(fitness).__name__}")
-    if fitness.dim() == 1 and method in ("centered_ranks", "nes"):
-        # One objective's ranks on the eager CPU (every small-D generation): straight to the
-        # numpy shortcut below, without the (P, 1) views (the same call on the same values).
-        if _numpy_shortcut(fitness, objective_weights):
-            w = _rank_weights_small(fitness, method, minimize)
-            if w is not None:
-                return w, ShapeStats(0, 0)
     if fitness.dim() not in (1, 2) or fitness.shape[0] < 1:
         raise ValueError(f"fitness must have shape (P,) or (P, K); got {tuple(fitness.shape)}")
+    # One objective on the eager CPU (every small-D generation): the numpy shortcuts, on the
+    # column itself (no (P, 1) views; only float32/float64 columns qualify).
+    col = fitness if fitness.dim() == 1 else fitness[:, 0] if fitness.shape[1] == 1 else None
+    if col is not None and _numpy_shortcut(col, objective_weights):
+        if method == "raw":  # finite: the fitness itself, as the general path returns it
+            if _all_finite(col):
+                return (-col if minimize else col.clone()), ShapeStats(0, 0)
+        elif method != "zscore":
+            w = _rank_weights_small(col, method, minimize)  # None: NaN, inf or ties (below)
+            if w is not None:
+                return w, ShapeStats(0, 0)
     f = fitness if fitness.is_floating_point() else fitness.float()
     f = f[:, None] if f.dim() == 1 else f
     P, K = f.shape
-    if K == 1 and _numpy_shortcut(f[:, 0], objective_weights):
-        if method == "raw":  # finite: the fitness itself, as the general path returns it
-            if _all_finite(f[:, 0]):
-                return (-f[:, 0] if minimize else f[:, 0].clone()), ShapeStats(0, 0)
-        elif method != "zscore":
-            w = _rank_weights_small(f[:, 0], method, minimize)  # None: NaN, inf or ties (below)
-            if w is not None:
-                return w, ShapeStats(0, 0)
     if objective_weights is None:
         ow = torch.full((K,), 1.0 / K, dtype=f.dtype, device=f.device)
     else:
