@@ -27,6 +27,7 @@ which regenerate the noise in registers.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -288,6 +289,14 @@ _GATHER_MAX_DIM = 2**14
 _NUMPY_GATHER = 4096
 
 
+@functools.lru_cache(maxsize=16)
+def _first_ids(n: int) -> np.ndarray:
+    """Row ids 0..n−1 as a read-only int64 array, made once per n."""
+    ids = np.arange(n, dtype=np.int64)
+    ids.flags.writeable = False
+    return ids
+
+
 def _offsets_memo(k: torch.Tensor, rows, dim: int, size: int) -> torch.Tensor:
     """``table_offsets(...)`` of a CPU key, remembering the last call: one ES step asks for the
     same rows twice (members, then the gradient), and at small D the Philox call on a handful
@@ -319,13 +328,24 @@ class TableNoise(NamedTuple):
             return torch.index_select(
                 t.unfold(0, dim, 1), 0, table_offsets(k, rows, dim, t.numel())
             )
-        offsets = _offsets_memo(k, rows, dim, t.numel())
-        if offsets.numel() * dim <= _NUMPY_GATHER:  # the same values, ~2 µs against ~10 µs
-            return torch.from_numpy(t.numpy()[offsets.numpy()[:, None] + np.arange(dim)])
+        return self._slices(_offsets_memo(k, rows, dim, t.numel()).numpy(), dim)
+
+    def first_rows(self, words: tuple[int, int], n: int, dim: int) -> torch.Tensor:
+        """Rows 0..n−1 (n up to a few hundred) of an eager CPU key given by its two words
+        (checked by the caller): what :meth:`rows` returns for them, without its key check and
+        offsets memo (a strategy keeps the rows themselves)."""
+        span = _offset_span(dim, self.table.values.numel())
+        return self._slices(_small_offsets(words, _first_ids(n), span), dim)
+
+    def _slices(self, offsets: np.ndarray, dim: int) -> torch.Tensor:
+        """The table's slices [o, o + dim) for CPU offsets (n,) int64: (n, dim) float32."""
+        t = self.table.values
+        if offsets.size * dim <= _NUMPY_GATHER:  # the same values, ~2 µs against ~10 µs
+            return torch.from_numpy(t.numpy()[offsets[:, None] + np.arange(dim)])
         # One index_select on the overlapping (span, dim) view of the table: measured here at
         # 0.1-0.25 ns/element for 128 rows of D = 1e3-1e4 (8x faster than slicing row by row and
         # stacking) and no slower at D = 1e5-1e6.
-        return torch.index_select(t.unfold(0, dim, 1), 0, offsets)
+        return torch.index_select(t.unfold(0, dim, 1), 0, torch.from_numpy(offsets))
 
     def perturb(self, k, rows, theta, sigma, antithetic, out):
         """Members around θ (as :func:`philox_perturb`); returns ``(members, eps)`` for

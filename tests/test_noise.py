@@ -106,8 +106,12 @@ def test_table_rows_are_slices_at_key_derived_offsets():
         assert rows.shape == (n, 100) and rows.dtype == torch.float32
         for i, o in enumerate(offs.tolist()):
             assert torch.equal(rows[i], t.values[o : o + 100])
+        # first_rows (a strategy's rows 0..n-1, the key given by its words): the same rows
+        assert torch.equal(TableNoise(t).first_rows(tuple(k.tolist()), n, 100), rows)
     with pytest.raises(ValueError, match="dim must be <= the noise table size"):
         table_offsets(k, torch.arange(2), 5001, 5000)
+    with pytest.raises(ValueError, match="dim must be <= the noise table size"):
+        TableNoise(t).first_rows((8, 0), 2, 5001)
 
 
 @pytest.mark.parametrize("source", [PhiloxNoise(), TableNoise(noise_table(size=4096, seed=1))])

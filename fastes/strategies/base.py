@@ -43,7 +43,8 @@ from .._validate import (
 )
 from ..es import FitnessStats, default_chunk_size, resolve_noise
 from ..evaluate import evaluate_population
-from ..prng import check_key
+from ..noise import TableNoise
+from ..prng import _LANES, check_key
 from ..shaping import _all_finite, _numpy_shortcut, _rank_weights_small, shape_fitness
 from ..tree import raveler
 
@@ -223,18 +224,15 @@ class Strategy:
         sign = (1 - 2 * (ids % 2)).to(torch.float32)[:, None]
         return self._noise_rows(key, ids // 2) * sign
 
-    def _kept(self, key: torch.Tensor) -> torch.Tensor | None:
-        """The rows 0..n−1 :meth:`_noise_rows` kept for a key with these words, in eager CPU
-        code; else None."""
-        memo = getattr(self, "_rows_memo", None)
-        if memo is None or torch.compiler.is_compiling() or key.device.type != "cpu":
-            return None
-        return memo[1] if memo[0] == tuple(key.tolist()) else None
-
     def _memo_rows(self, key: torch.Tensor, n: int) -> torch.Tensor | None:
-        """Rows 0..n−1 of ``key`` if :meth:`_noise_rows` kept them (else None)."""
-        kept = self._kept(key)
-        return None if kept is None or kept.shape[0] < n else kept[:n]
+        """Rows 0..n−1 of ``key`` if :meth:`_noise_rows` kept them for a key with these words
+        (eager CPU code), else None."""
+        memo = self.__dict__.get("_rows_memo")
+        if memo is None or key.device.type != "cpu" or torch.compiler.is_compiling():
+            return None
+        if memo[0] != tuple(key.tolist()) or memo[1].shape[0] < n:
+            return None
+        return memo[1] if memo[1].shape[0] == n else memo[1][:n]
 
     def _noise_rows(self, key: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """``noise.rows(key, rows, D)``, remembering rows 0..n−1 of the last key where they are
@@ -242,21 +240,26 @@ class Strategy:
         rank order, in tell. The memo holds the key's two words (not the tensor's identity and
         version counter: inference-mode tensors have none), so another key recomputes; the rows
         are a pure function of (key, row), so reuse is exact."""
-        kept = self._kept(key)
-        if kept is not None and rows.numel():
-            cpu = rows.device.type == "cpu"  # numpy's min/max: ~2 µs against ~8 µs here
-            lo, hi = (rows.numpy().min(), rows.numpy().max()) if cpu else torch.aminmax(rows)
-            if int(lo) >= 0 and int(hi) < kept.shape[0]:
-                return kept.index_select(0, rows)
-        eager_cpu = key.device.type == "cpu" and not torch.compiler.is_compiling()
-        z = self.noise.rows(key, rows, self.dim)
-        if eager_cpu and 0 < z.numel() <= _MEMO_ELEMENTS and self._is_prefix(rows):
-            self._rows_memo = (tuple(key.tolist()), z)
+        if key.device.type != "cpu" or torch.compiler.is_compiling():
+            return self.noise.rows(key, rows, self.dim)
+        words = tuple(key.tolist())  # the key was checked by the public method that got it
+        memo = self.__dict__.get("_rows_memo")
+        if memo is not None and memo[0] == words and rows.numel():
+            r = rows.numpy()  # numpy's min/max: ~2 µs against ~8 µs of aminmax
+            if r.min() >= 0 and r.max() < memo[1].shape[0]:
+                return memo[1].index_select(0, rows)
+        prefix, n = self._is_prefix(rows), rows.numel()
+        if prefix and n <= _LANES and isinstance(self.noise, TableNoise):
+            z = self.noise.first_rows(words, n, self.dim)  # the rows, minus rows()' bookkeeping
+        else:
+            z = self.noise.rows(key, rows, self.dim)
+        if prefix and 0 < z.numel() <= _MEMO_ELEMENTS:
+            self._rows_memo = (words, z)
         return z
 
     def _z_weighted_sum(self, key: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Σ_i weights[i]·z_i (D,) float32, regenerating z (folded over antithetic pairs)."""
-        w = weights.to(torch.float32)
+        w = _f32(weights)
         if self.antithetic:
             w = w[0::2] - w[1::2]
         rows = self._memo_rows(key, w.numel())
@@ -266,7 +269,7 @@ class Strategy:
 
     def _z_sq_weighted_sum(self, key: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Σ_i weights[i]·z_i² (D,) float32, regenerating z chunk by chunk."""
-        w = weights.to(torch.float32)
+        w = _f32(weights)
         if self.antithetic:
             w = w[0::2] + w[1::2]  # z² is the same for both members of a pair
         kept = self._memo_rows(key, w.numel())
@@ -386,13 +389,22 @@ class Strategy:
 def diagonal_members(state, z: torch.Tensor) -> torch.Tensor:
     """μ + σ ⊙ z for z (..., m, D), a leading run dim allowed: the members of the strategies
     with a per-coordinate σ in their state (SNES, CEM, PGPE)."""
-    return state.mean[..., None, :] + state.sigma[..., None, :] * z
+    mean, sigma = state.mean, state.sigma
+    if mean.ndim > 1:  # R runs: (R, 1, D) against (R, m, D); one run's (D,) broadcasts as it is
+        mean, sigma = mean.unsqueeze(-2), sigma.unsqueeze(-2)
+    return mean + sigma * z
 
 
 def scheduled_sigma_members(self, state, z: torch.Tensor) -> torch.Tensor:
     """θ + σ_t·z for z (..., m, D), a leading run dim allowed: the members of the strategies
     whose σ is a schedule of the generation (OpenAI-ES, ARS)."""
-    return state.mean[..., None, :] + self.sigma(int(state.generation)) * z
+    mean = state.mean if state.mean.ndim == 1 else state.mean.unsqueeze(-2)
+    return mean + self.sigma(int(state.generation)) * z
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    """``x.to(torch.float32)``, skipping the call when it is float32 already."""
+    return x if x.dtype == torch.float32 else x.to(torch.float32)
 
 
 def _rows_weighted_sum(rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
