@@ -163,11 +163,15 @@ def _flat_estimate(
     fitness = None
     for r0 in range(r_lo, r_hi, rows_per_chunk):
         rows = torch.arange(r0, min(r0 + rows_per_chunk, r_hi), device=theta.device)
-        buf = None if pop is None else pop[: rows.numel() * per_row]
+        n = rows.numel() * per_row
+        buf = None if pop is None else pop if pop.shape[0] == n else pop[:n]
         members, eps = source.perturb(key, rows, theta, sigma, antithetic, buf)
         if cache and eps is not None:
             cached.append(eps)
         out = evaluate_population(fitness_fn, members, rav, mode=mode, fitness_args=fitness_args)
+        if fitness is None and n == (r_hi - r_lo) * per_row:  # one chunk: a copy of it
+            fitness = out.detach().clone()
+            continue
         if fitness is None:
             fitness = out.new_empty(((r_hi - r_lo) * per_row, *out.shape[1:]))
         elif out.shape[1:] != fitness.shape[1:]:
@@ -183,19 +187,21 @@ def _flat_estimate(
         fitness, shaping, objective_weights=objective_weights, minimize=minimize
     )
     row_w = weights[0::2] - weights[1::2] if antithetic else weights  # (n_rows,)
-    row_w = row_w.to(device=theta.device, dtype=torch.float32)
+    if row_w.dtype != torch.float32 or row_w.device != theta.device:
+        row_w = row_w.to(device=theta.device, dtype=torch.float32)
     if cache and sum(e.shape[0] for e in cached) == s_hi - s_lo:
         g = torch.zeros(D, dtype=torch.float32, device=theta.device)
         r = s_lo
         for eps in cached:  # chunk by chunk: no (n_rows, D) concatenation
-            g.addmv_(eps.T, row_w[r : r + eps.shape[0]])
+            w = row_w if eps.shape[0] == row_w.shape[0] else row_w[r : r + eps.shape[0]]
+            g.addmv_(eps.T, w)
             r += eps.shape[0]
     else:
         rows = torch.arange(s_lo, s_hi, device=theta.device)
         g = source.weighted_sum(key, rows, row_w[s_lo:s_hi], D)
     if partial:
         g = distributed.sum_in_rank_order(g, group)
-    g = g.to(theta.dtype) / (P * sigma)
+    g = (g if g.dtype == theta.dtype else g.to(theta.dtype)) / (P * sigma)
     stats = FitnessStats(fitness, weights, shape_stats.nan_count, shape_stats.inf_count, minimize)
     return g, stats
 

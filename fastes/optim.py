@@ -212,9 +212,8 @@ def adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
         m1, m2 = (lambda t: _member(b1, t)), (lambda t: _member(b2, t))
         mu = tree_map(lambda m, g: m1(m) * m + (1 - m1(m)) * g, state.mu, grad)
         nu = tree_map(lambda v, g: m2(v) * v + (1 - m2(v)) * g * g, state.nu, grad)
-        lr = schedule(int(state.count))
-        c1 = 1 - b1 ** count.item()
-        c2 = 1 - b2 ** count.item()
+        lr, t = schedule(int(state.count)), int(count)
+        c1, c2 = 1 - b1**t, 1 - b2**t
 
         def step(m, v):
             at = lambda h: _member(h, m)  # noqa: E731

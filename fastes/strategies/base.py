@@ -172,22 +172,29 @@ class Strategy:
         check_key(key)
         check_callable(fitness_fn, "fitness_fn")
         fitness_args = check_fitness_args(fitness_args)
-        chunk = self.chunk_size or default_chunk_size(
-            self.dim, self.raveler.flat_dtype, self.raveler.device, self._per_pair
-        )
-        chunk += chunk % self._per_pair  # keep antithetic pairs together
+        given, chunk = self.__dict__.get("_chunk", (None, None))
+        if chunk is None or given != self.chunk_size:  # fixed by the template and settings
+            chunk = self.chunk_size or default_chunk_size(
+                self.dim, self.raveler.flat_dtype, self.raveler.device, self._per_pair
+            )
+            chunk += chunk % self._per_pair  # keep antithetic pairs together
+            self._chunk = (self.chunk_size, chunk)
         # Under torch.distributed this rank evaluates its slice of the members (whole pairs).
-        lo, hi = self.local_members(state)
+        alone = distributed.current() is None
+        lo, hi = (0, self.population(state)) if alone else self.local_members(state)
         parts = []
         for m0 in range(lo, hi, chunk):
             members = self._members(state, key, self._ids(m0, min(m0 + chunk, hi)))
+            if members.dtype != self.raveler.flat_dtype:
+                members = members.to(self.raveler.flat_dtype)
             out = evaluate_population(
-                fitness_fn, members.to(self.raveler.flat_dtype), self.raveler, mode=self.mode,
-                fitness_args=fitness_args,
-            )  # fmt: skip
-            parts.append(out.detach())
+                fitness_fn, members, self.raveler, mode=self.mode, fitness_args=fitness_args
+            )
+            parts.append(out.detach() if out.requires_grad else out)
         fitness = parts[0] if len(parts) == 1 else torch.cat(parts)
-        fitness = self._check_fitness(self._gather_local(fitness, state), state)
+        if not alone:
+            fitness = self._gather_local(fitness, state)
+        fitness = self._check_fitness(fitness, state)
         new_state, weights = self._tell(state, key, fitness)
         return new_state, self._stats(fitness, weights)
 
@@ -336,7 +343,9 @@ class Strategy:
             )
         if fitness.is_complex() or fitness.dtype == torch.bool:
             raise TypeError(f"fitness must be real numbers; got dtype {fitness.dtype}")
-        return fitness.detach().to(self.raveler.device)
+        if fitness.requires_grad:
+            fitness = fitness.detach()
+        return fitness if fitness.device == self.raveler.device else fitness.to(self.raveler.device)
 
     def _stats(self, fitness: torch.Tensor, weights: torch.Tensor) -> FitnessStats:
         nan = inf = 0
