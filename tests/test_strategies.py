@@ -375,6 +375,37 @@ def test_steps_run_under_inference_mode_with_the_same_bits(name):
         assert _same(_three_steps(name, 6), plain)
 
 
+def test_per_row_z_squared_weights_equal_the_folded_pair_weights():
+    # PGPE hands each antithetic pair's weight of z² over as it is (per_row=True) instead of
+    # halving it onto both members and folding them back: x/2 + x/2 = x exactly for normal
+    # floats, so the same float32 bits, from kept rows and from regenerated ones.
+    k = fastes.key(3)
+    for keep in (True, False):
+        s = make("pgpe", TEMPLATE, **SMALL)
+        if keep:
+            s._z(k, s._ids(0, s.population_size))  # the generation's rows, kept for tell
+        for dtype in (torch.float32, torch.float64):
+            avg = torch.randn(s.population_size // 2, dtype=dtype) * 0.3
+            per_row = s._z_sq_weighted_sum(k, avg, per_row=True)
+            assert torch.equal(per_row, s._z_sq_weighted_sum(k, avg.repeat_interleave(2) / 2))
+        assert (s.__dict__.get("_rows_memo") is not None) == keep
+
+
+def test_ars_top_directions_sorted_in_numpy_equal_torch_sort(monkeypatch):
+    # ARS sorts its directions by max(r+, r-) with numpy's stable sort on the eager CPU; ties
+    # must keep index order as torch's stable descending sort does (same directions, same step).
+    from fastes.strategies import ars
+
+    s = make("ars", TEMPLATE, population_size=16, top_directions=3)
+    tied = torch.tensor([1.0, 2, 2, 0, 5, 5, 2, 1, 0, 0, 3, 3, 5, 1, 2, 2])
+    for fitness in (tied, tied.double(), torch.randn(16)):
+        for lr in (0.02, 1.0):
+            fast = s._step_weights(fitness, lr)
+            with monkeypatch.context() as m:
+                m.setattr(ars, "_numpy_shortcut", lambda f: False)
+                assert torch.equal(fast, s._step_weights(fitness, lr))
+
+
 def test_a_key_changed_in_place_is_not_served_from_kept_rows():
     s = make("snes", TEMPLATE, **SMALL)
     k = fastes.key(9)

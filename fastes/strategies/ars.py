@@ -16,14 +16,15 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from .. import normalization as nz
 from .. import optim
 from .._validate import positive_int
 from ..schedules import resolve
-from ..shaping import shape_fitness
-from .base import Strategy, _runs_weighted_sums, scheduled_sigma_members
+from ..shaping import _numpy_shortcut, shape_fitness
+from .base import Strategy, _f32, _runs_weighted_sums, scheduled_sigma_members
 
 
 class ARSState(NamedTuple):
@@ -119,14 +120,17 @@ class ARS(Strategy):
             fitness, "raw", objective_weights=self.objective_weights, minimize=self.minimize
         )
         r_plus, r_minus = r[0::2], r[1::2]
-        top = torch.argsort(torch.maximum(r_plus, r_minus), descending=True, stable=True)
-        top = top[: self.top]
-        sigma_r = torch.cat([r_plus[top], r_minus[top]]).std(unbiased=False)
+        best = torch.maximum(r_plus, r_minus)  # finite: "raw" shaping clamps ±inf, fills NaN
+        if _numpy_shortcut(best):  # numpy's stable sort of −best: the same order, no dispatch
+            top = torch.from_numpy(np.argsort(-best.numpy(), kind="stable")[: self.top])
+        else:
+            top = torch.argsort(best, descending=True, stable=True)[: self.top]
+        r_plus, r_minus = r_plus[top], r_minus[top]
+        sigma_r = float(torch.cat([r_plus, r_minus]).std(unbiased=False))
         half = torch.zeros(self.population_size // 2, dtype=torch.float32, device=r.device)
-        sigma_r = float(sigma_r)
         if sigma_r > 0:  # all selected rewards equal: no information, no step
             coef = lr / (self.top * sigma_r)
-            half[top] = coef * (r_plus[top] - r_minus[top]).float() / 2
+            half[top] = coef * _f32(r_plus - r_minus) / 2
         return torch.stack([half, -half], 1).reshape(-1)  # member 2j: +, member 2j + 1: −
 
     def _apply(self, state, direction):

@@ -274,10 +274,13 @@ class Strategy:
             return _rows_weighted_sum(rows, w)
         return self.noise.weighted_sum(key, self._ids(0, w.numel()), w, self.dim)
 
-    def _z_sq_weighted_sum(self, key: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Σ_i weights[i]·z_i² (D,) float32, regenerating z chunk by chunk."""
+    def _z_sq_weighted_sum(
+        self, key: torch.Tensor, weights: torch.Tensor, *, per_row: bool = False
+    ) -> torch.Tensor:
+        """Σ_i weights[i]·z_i² (D,) float32, regenerating z chunk by chunk. ``per_row``: the
+        weights are given per noise row (an antithetic pair's two members already summed)."""
         w = _f32(weights)
-        if self.antithetic:
+        if self.antithetic and not per_row:
             w = w[0::2] + w[1::2]  # z² is the same for both members of a pair
         kept = self._memo_rows(key, w.numel())
         if kept is not None:

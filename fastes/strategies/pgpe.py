@@ -64,9 +64,9 @@ class PGPE(Strategy):
         f = self._scores(fitness)  # centered ranks, (P,)
         # Σ_j (f⁺−f⁻)/2 z_j: the antithetic fold of weights f/2 gives exactly that.
         z_sum = self._z_weighted_sum(key, f / 2)
-        avg = (f[0::2] + f[1::2]) / 2 - f.mean()  # (n,)
-        w = avg.repeat_interleave(2) / 2  # folded back into (f⁺ + f⁻)-style pair sums
-        return self._update(state, z_sum, self._z_sq_weighted_sum(key, w), avg.sum()), f
+        avg = (f[0::2] + f[1::2]) / 2 - f.mean()  # (n,): each pair's weight of its z²
+        zsq_sum = self._z_sq_weighted_sum(key, avg, per_row=True)
+        return self._update(state, z_sum, zsq_sum, avg.sum()), f
 
     def _check_runs(self) -> None:
         hint = " (pgpe's default, ClipUp, normalises over the whole tree: pass optimizer="
@@ -79,8 +79,7 @@ class PGPE(Strategy):
         rows, half = z[:, 0::2], (f / 2).to(torch.float32)
         z_sum = _runs_weighted_sums(rows, half[:, 0::2] - half[:, 1::2])
         avg = (f[:, 0::2] + f[:, 1::2]) / 2 - torch.stack([fr.mean() for fr in f])[:, None]
-        w = (avg.repeat_interleave(2, dim=-1) / 2).to(torch.float32)
-        zsq_sum = _runs_weighted_sums(rows.square(), w[:, 0::2] + w[:, 1::2])
+        zsq_sum = _runs_weighted_sums(rows.square(), avg.to(torch.float32))
         return self._update(state, z_sum, zsq_sum, torch.stack([a.sum() for a in avg])[:, None])
 
     def _update(self, state, z_sum, zsq_sum, avg_sum):
@@ -90,7 +89,8 @@ class PGPE(Strategy):
         # (ε² − σ²)/σ = σ(z² − 1) with ε = σz.
         grad_sigma = state.sigma * (zsq_sum - avg_sum) / n
         sigma = state.sigma + self.stdev_lr * grad_sigma
-        sigma = torch.minimum(torch.maximum(sigma, state.sigma * (1 - self.max_change)),
-                              state.sigma * (1 + self.max_change))  # fmt: skip
+        sigma = sigma.clamp(
+            state.sigma * (1 - self.max_change), state.sigma * (1 + self.max_change)
+        )
         updates, opt_state = self.optimizer.update(grad_mean, state.opt_state, state.mean)
         return PGPEState(state.mean + updates, sigma, opt_state, state.generation + 1)
