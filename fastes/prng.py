@@ -274,6 +274,11 @@ def split(k: torch.Tensor, num: int = 2) -> torch.Tensor:
     check_key(k)
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
         raise ValueError(f"num must be a positive int; got {num!r}")
+    if k.device.type == "cpu" and not torch.compiler.is_compiling() and num <= _LANES:
+        # The same counters as lanes of Python ints: ~15 µs against ~90 µs of tensor plumbing.
+        w0, w1, _, _ = _philox_lanes(np.arange(num, dtype=np.uint64), 0, 0, TAG_SPLIT,
+                                     *key_words(k))  # fmt: skip
+        return torch.from_numpy(np.stack([w0, w1], -1).astype(np.int64))
     c0 = torch.arange(num, dtype=torch.int64, device=k.device)
     return _derive(k, c0, torch.zeros_like(c0), TAG_SPLIT)
 
@@ -291,13 +296,19 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
         check_keys(k, "k")
     else:
         check_key(k)
-    if isinstance(data, torch.Tensor):
+    eager_cpu = k.ndim == 1 and k.device.type == "cpu" and not torch.compiler.is_compiling()
+    if isinstance(data, torch.Tensor) and not (
+        eager_cpu and data.device.type == "cpu" and data.numel() == 1
+        and not (data.is_floating_point() or data.is_complex())
+    ):  # fmt: skip
         d = data.to(device=k.device, dtype=torch.int64).reshape(())
+    elif isinstance(data, torch.Tensor):  # one integer on the eager CPU: the int route below
+        return fold_in(k, int(data.to(torch.int64)))
     elif isinstance(data, int) and not isinstance(data, bool):
         if not -(2**63) <= data < 2**64:
             raise ValueError(f"data must fit in 64 bits; got {data}")
         u = data % 2**64
-        if k.ndim == 1 and k.device.type == "cpu" and not torch.compiler.is_compiling():
+        if eager_cpu:
             # One counter, all Python ints (~10 µs; the tensor route costs ~80 µs of dispatch).
             w0, w1, _, _ = _philox_ints(u & MASK32, u >> 32, 0, TAG_FOLD, *key_words(k))
             return torch.tensor([w0, w1], dtype=torch.int64)

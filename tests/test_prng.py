@@ -74,6 +74,13 @@ def test_split_and_fold_in_are_deterministic_and_distinct():
     assert torch.equal(fastes.split(k, 2), torch.stack([a, b]))
     # A longer split extends a shorter one (counter i gives key i).
     assert torch.equal(fastes.split(k, 5)[:2], torch.stack([a, b]))
+    # Up to 256 keys come from Python-int lanes on the eager CPU, more from the tensor route:
+    # the same keys either way.
+    many = fastes.split(k, 300)
+    for n in (1, 2, 3, 5, 256):
+        few = fastes.split(k, n)
+        assert few.dtype == torch.int64 and few.shape == (n, 2)
+        assert torch.equal(few, many[:n])
     keys = {tuple(x.tolist()) for x in fastes.split(k, 1000)}
     keys |= {tuple(fastes.fold_in(k, i).tolist()) for i in range(1000)}
     assert len(keys) == 2000  # no collisions between split and fold_in streams
@@ -81,6 +88,19 @@ def test_split_and_fold_in_are_deterministic_and_distinct():
     assert not torch.equal(fastes.fold_in(k, 7), fastes.fold_in(fastes.key(124), 7))
     # 64-bit data: the high word matters.
     assert not torch.equal(fastes.fold_in(k, 1), fastes.fold_in(k, 1 + 2**32))
+    # An integer tensor (a step counter) takes the int route on the eager CPU; the tensor route
+    # (a batch of keys, or a GPU key) gives the same words, for any 64-bit value.
+    for d in (0, 7, 2**32 + 1, -1, -(2**63), 2**63 - 1):
+        one = fastes.fold_in(k, torch.tensor(d))
+        assert one.dtype == torch.int64 and one.shape == (2,)
+        assert torch.equal(one, fastes.fold_in(k, d % 2**64))
+        assert torch.equal(one, fastes.fold_in(k[None], torch.tensor(d))[0])
+        assert torch.equal(
+            one,
+            fastes.fold_in(
+                k, torch.tensor([d], dtype=torch.int32 if -(2**31) <= d < 2**31 else torch.int64)
+            ),
+        )
 
 
 def test_key_is_printable_and_serialisable():
