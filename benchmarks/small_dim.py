@@ -15,10 +15,11 @@ compilation:
   sep-CMA-ES, SNES, CEM, OpenAI-ES and PGPE with Adam, ARS) against the same 64 runs one after
   another.
 
-Every runner restarts from x = 1 before each repetition (outside the timer): a run left going
-for the whole measurement (~1,500 generations) reaches float32 fitness that underflows to 0 for
-every member, and a generation of tied fitness is not the fixed cost this measures (fastes SNES
-at D = 10 went 0.32 -> 0.49 ms per generation that way, its shaping taking the tie path).
+A ratio ``fastes/<peer>`` is the median of the per-repetition ratios (the two timed moments
+apart). Every runner restarts from x = 1 before each repetition (outside the timer): a run left
+going for the whole measurement (~1,500 generations) reaches float32 fitness that underflows to 0
+for every member, and a generation of tied fitness is not the fixed cost this measures (fastes
+SNES at D = 10 went 0.32 -> 0.49 ms per generation that way, its shaping taking the tie path).
 
     python benchmarks/small_dim.py --out benchmarks/results/small_dim_cpu.json
     python benchmarks/small_dim.py --quick          # fewer repetitions
@@ -154,7 +155,11 @@ EVOSAX = {"openai_es": "Open_ES", "pgpe": "PGPE", "snes": "SNES", "xnes": "xNES"
 
 def timed(runners: dict, reps: int, inner: int | None = None, budget_s: float = 0.05) -> dict:
     """Median ms per generation of each runner; repetitions interleaved across runners. With
-    ``inner`` None, each repetition runs about ``budget_s`` of generations of the slowest."""
+    ``inner`` None, each repetition runs about ``budget_s`` of generations of the slowest.
+
+    Also ``"fastes/<peer>"``: the median over repetitions of fastes' time divided by the peer's
+    in the same repetition (taken moments apart, so a slow spell of the shared machine slows
+    both; the ratio of the two medians can pair a fast fastes spell with a slow peer one)."""
     for r in runners.values():
         for _ in range(3):
             r.step()
@@ -172,7 +177,12 @@ def timed(runners: dict, reps: int, inner: int | None = None, budget_s: float = 
             for _ in range(inner):
                 r.step()
             times[n].append((time.perf_counter() - t0) / inner * 1e3)
-    return {n: statistics.median(t) for n, t in times.items()}
+    out = {n: statistics.median(t) for n, t in times.items()}
+    for n in times:
+        if n != "fastes" and "fastes" in times:
+            pairs = zip(times["fastes"], times[n], strict=True)
+            out[f"fastes/{n}"] = statistics.median(a / b for a, b in pairs)
+    return out
 
 
 def batched_runs(name: str = "cma_es", R: int = 64, D: int = 10, gens: int = 20,
@@ -222,10 +232,10 @@ def main() -> None:
         except ImportError:
             pass
         out[f"cma_es D={D} P={P}"] = t = timed(runners, reps, inner)
-        print(f"CMA-ES D={D} λ={P}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in t.items()))
+        print(f"CMA-ES D={D} λ={P}: " + ", ".join(f"{k} {v:.3f}" for k, v in t.items()))
     out["es_step D=1000 P=256"] = t = timed({"fastes": EsStep(1000, 256),
                                              "naive": Naive(1000, 256)}, reps, inner)  # fmt: skip
-    print("es_step D=1000 P=256: " + ", ".join(f"{k} {v:.3f} ms" for k, v in t.items()))
+    print("es_step D=1000 P=256: " + ", ".join(f"{k} {v:.3f}" for k, v in t.items()))
     for D, P in ((10, 16), (100, 32), (1000, 256)):
         for name in sorted(fastes.strategies.REGISTRY):
             runners = {"fastes": Fastes(name, D, P)}
@@ -234,8 +244,8 @@ def main() -> None:
                     runners["evosax"] = Evosax(EVOSAX[name], D, P)
                 except Exception as e:  # noqa: BLE001 - report, keep measuring the rest
                     print(f"evosax {EVOSAX[name]} D={D}: {type(e).__name__}: {e}")
-            out[f"{name} D={D} P={P}"] = t = timed(runners, max(3, reps // 3))
-            print(f"{name} D={D} P={P}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in t.items()))
+            out[f"{name} D={D} P={P}"] = t = timed(runners, reps)
+            print(f"{name} D={D} P={P}: " + ", ".join(f"{k} {v:.3f}" for k, v in t.items()))
     for name in ("cma_es", "sep_cma_es", "xnes", "snes", "cem", "openai_es", "pgpe", "ars"):
         out[f"batched_runs R=64 {name} D=10"] = t = batched_runs(name, reps=3 if args.quick else 7)
         print(f"64 {name} runs, D=10: batched {t['batched']:.2f} ms/gen, one after another "
