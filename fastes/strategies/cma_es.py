@@ -123,7 +123,7 @@ class CMAES(Strategy):
 
     def _members_from(self, state, z):
         """x = m + σ·B D z (float64) for z (..., m, D) (a leading run dim for batched runs)."""
-        ops = ops_for(z)
+        ops = ops_for(z, self.separable)
         mean, sigma, B, D = (ops.arr(t) for t in (state.mean, state.sigma, state.B, state.D))
         y = self._y(ops, B, D, ops.f64(ops.arr(z)), z.ndim > 2)
         return ops.tensor(mean[..., None, :] + sigma[..., None, None] * y)
@@ -144,7 +144,7 @@ class CMAES(Strategy):
         position to member). Written once over optional leading run dims (one run here, R runs
         in :class:`fastes.strategies.BatchedRuns`) against the namespace of
         :mod:`fastes.strategies._ops` (numpy for small D on the CPU, torch elsewhere)."""
-        p, runs, ops = self.p, z.ndim > 2, ops_for(z)
+        p, runs, ops = self.p, z.ndim > 2, ops_for(z, self.separable)
         s = CMAState(*(ops.arr(t) for t in state[:-1]), state.generation)
         w, z = ops.arr(self._weights), ops.f64(ops.arr(z))
         y = self._y(ops, s.B, s.D, z, runs)
