@@ -35,8 +35,13 @@ from ._validate import (
     real,
 )
 from .evaluate import evaluate_population
-from .noise import resolve_noise  # public here too (es.__all__), its home is fastes.noise
-from .prng import check_key
+from .noise import (
+    _GATHER_MAX_DIM,
+    TableNoise,
+    _fill_members,
+    resolve_noise,  # public here too (es.__all__), its home is fastes.noise
+)
+from .prng import _LANES, check_key
 from .shaping import METHODS, shape_fitness
 from .tree import Raveler, raveler
 
@@ -165,7 +170,14 @@ def _flat_estimate(
         rows = torch.arange(r0, min(r0 + rows_per_chunk, r_hi), device=theta.device)
         n = rows.numel() * per_row
         buf = None if pop is None else pop if pop.shape[0] == n else pop[:n]
-        members, eps = source.perturb(key, rows, theta, sigma, antithetic, buf)
+        if r0 == 0 and pop is not None and rows.numel() <= _LANES and type(source) is TableNoise \
+                and D <= _GATHER_MAX_DIM:  # fmt: skip
+            # rows 0..n−1 of a checked CPU key: the table's rows without rows()' own key check
+            # and offsets memo (this pass keeps them for the gradient)
+            eps = source.first_rows(tuple(key.tolist()), rows.numel(), D)
+            members = _fill_members(theta, eps, sigma, antithetic, buf)
+        else:
+            members, eps = source.perturb(key, rows, theta, sigma, antithetic, buf)
         if cache and eps is not None:
             cached.append(eps)
         out = evaluate_population(fitness_fn, members, rav, mode=mode, fitness_args=fitness_args)
