@@ -81,6 +81,8 @@ class CEM(Strategy):
     def _refit(self, state, elite_mean, elite_std):
         a = self.smoothing
         extra = self.noise_floor(int(state.generation))
+        if a == 1:  # the default: the elite statistics themselves (0·x + 1·y is y, ±0 aside)
+            return CEMState(elite_mean, elite_std + extra, state.generation + 1)
         mean = (1 - a) * state.mean + a * elite_mean
         sigma = (1 - a) * state.sigma + a * (elite_std + extra)
         return CEMState(mean, sigma, state.generation + 1)
