@@ -203,7 +203,7 @@ def check_key(k: torch.Tensor, name: str = "key") -> torch.Tensor:
         )
     if k.device.type == "cpu" and not torch.compiler.is_compiling():
         words = k.tolist()
-        if not all(0 <= w <= MASK32 for w in words):
+        if not (0 <= words[0] <= MASK32 and 0 <= words[1] <= MASK32):
             raise ValueError(
                 f"{name} words must be uint32 values in [0, 2**32); got {words} "
                 "(make keys with fastes.key(seed), split and fold_in)"
