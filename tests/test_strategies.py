@@ -391,19 +391,36 @@ def test_per_row_z_squared_weights_equal_the_folded_pair_weights():
         assert (s.__dict__.get("_rows_memo") is not None) == keep
 
 
-def test_ars_top_directions_sorted_in_numpy_equal_torch_sort(monkeypatch):
-    # ARS sorts its directions by max(r+, r-) with numpy's stable sort on the eager CPU; ties
-    # must keep index order as torch's stable descending sort does (same directions, same step).
-    from fastes.strategies import ars
+def _ars_step_weights_in_torch(s, fitness, lr):
+    # ARS's step weights as tensor ops (how fastes computed them before moving them to numpy)
+    r = -fitness if s.minimize else fitness
+    r_plus, r_minus = r[0::2], r[1::2]
+    top = torch.argsort(torch.maximum(r_plus, r_minus), descending=True, stable=True)[: s.top]
+    sigma_r = float(torch.cat([r_plus[top], r_minus[top]]).std(unbiased=False))
+    half = torch.zeros(s.population_size // 2, dtype=torch.float32)
+    if sigma_r > 0:
+        half[top] = lr / (s.top * sigma_r) * (r_plus[top] - r_minus[top]).float() / 2
+    return torch.stack([half, -half], 1).reshape(-1)
 
-    s = make("ars", TEMPLATE, population_size=16, top_directions=3)
+
+@pytest.mark.parametrize("minimize", [False, True])
+def test_ars_step_weights_in_numpy_equal_the_tensor_ops(minimize):
+    # ARS works out its step weights on the host in numpy: the same directions (ties in index
+    # order, as torch's stable descending sort) and the same float32 bits as tensor ops.
+    s = make("ars", TEMPLATE, population_size=16, top_directions=3, minimize=minimize)
     tied = torch.tensor([1.0, 2, 2, 0, 5, 5, 2, 1, 0, 0, 3, 3, 5, 1, 2, 2])
-    for fitness in (tied, tied.double(), torch.randn(16)):
-        for lr in (0.02, 1.0):
-            fast = s._step_weights(fitness, lr)
-            with monkeypatch.context() as m:
-                m.setattr(ars, "_numpy_shortcut", lambda f: False)
-                assert torch.equal(fast, s._step_weights(fitness, lr))
+    g = torch.Generator().manual_seed(0)
+    for fitness in (
+        tied,
+        tied.double(),
+        tied.half(),
+        torch.randn(16, generator=g),
+        torch.randn(16, generator=g, dtype=torch.float64) * 1e3,
+        torch.ones(16),
+    ):
+        for lr in (0.02, 1.0, 3e-7):
+            got, want = s._step_weights(fitness, lr), _ars_step_weights_in_torch(s, fitness, lr)
+            assert got.dtype == torch.float32 and torch.equal(got, want), (fitness, lr)
 
 
 def test_a_key_changed_in_place_is_not_served_from_kept_rows():

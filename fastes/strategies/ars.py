@@ -23,8 +23,8 @@ from .. import normalization as nz
 from .. import optim
 from .._validate import positive_int
 from ..schedules import resolve
-from ..shaping import _numpy_shortcut, shape_fitness
-from .base import Strategy, _f32, _runs_weighted_sums, scheduled_sigma_members
+from ..shaping import shape_fitness
+from .base import Strategy, _runs_weighted_sums, scheduled_sigma_members
 
 
 class ARSState(NamedTuple):
@@ -115,23 +115,29 @@ class ARS(Strategy):
 
     def _step_weights(self, fitness, lr: float) -> torch.Tensor:
         """Each member's coefficient (P,) float32 of its noise in the step: ±lr/(b·σ_R)·
-        (r⁺ − r⁻)/2 for the b best directions, 0 for the rest."""
+        (r⁺ − r⁻)/2 for the b best directions, 0 for the rest.
+
+        Worked out on the host in numpy: P numbers, which ARS reads back anyway (σ_R decides
+        whether there is a step), in a dozen numpy calls instead of as many tensor dispatches.
+        The elementwise arithmetic rounds as torch's (IEEE float32/float64, a Python scalar
+        taken in the array's dtype); σ_R itself is torch's ``std``. bfloat16 rewards (numpy has
+        none) are taken in float32."""
         r, _ = shape_fitness(
             fitness, "raw", objective_weights=self.objective_weights, minimize=self.minimize
         )
-        r_plus, r_minus = r[0::2], r[1::2]
-        best = torch.maximum(r_plus, r_minus)  # finite: "raw" shaping clamps ±inf, fills NaN
-        if _numpy_shortcut(best):  # numpy's stable sort of −best: the same order, no dispatch
-            top = torch.from_numpy(np.argsort(-best.numpy(), kind="stable")[: self.top])
-        else:
-            top = torch.argsort(best, descending=True, stable=True)[: self.top]
+        v = (r.float() if r.dtype == torch.bfloat16 else r).detach().cpu().numpy()
+        r_plus, r_minus = v[0::2], v[1::2]
+        # The b best directions by max(r⁺, r⁻), ties in index order (as a stable descending
+        # sort). Finite: "raw" shaping clamps ±inf and fills NaN.
+        top = np.argsort(-np.maximum(r_plus, r_minus), kind="stable")[: self.top]
         r_plus, r_minus = r_plus[top], r_minus[top]
-        sigma_r = float(torch.cat([r_plus, r_minus]).std(unbiased=False))
-        half = torch.zeros(self.population_size // 2, dtype=torch.float32, device=r.device)
+        sigma_r = float(torch.from_numpy(np.concatenate([r_plus, r_minus])).std(unbiased=False))
+        half = np.zeros(self.population_size // 2, dtype=np.float32)
         if sigma_r > 0:  # all selected rewards equal: no information, no step
             coef = lr / (self.top * sigma_r)
-            half[top] = coef * _f32(r_plus - r_minus) / 2
-        return torch.stack([half, -half], 1).reshape(-1)  # member 2j: +, member 2j + 1: −
+            half[top] = coef * (r_plus - r_minus).astype(np.float32) / 2
+        step = torch.from_numpy(np.stack([half, -half], 1).reshape(-1))  # 2j: +, 2j + 1: −
+        return step if r.device.type == "cpu" else step.to(r.device)
 
     def _apply(self, state, direction):
         """θ + direction (ARS's own step) or the optimizer's step on it (leading run dims
