@@ -22,6 +22,7 @@ scalar hyperparameters ``h[n]`` would, computed in the leaf's dtype.
 
 from __future__ import annotations
 
+import array
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -153,11 +154,18 @@ def _zeros_f32(params: Any) -> Any:
     )
 
 
-def _global_norm(tree: Any) -> torch.Tensor:
+def _global_norm(tree: Any) -> float:
+    """‖tree‖₂ over all leaves, computed in float32, as a Python float (read back)."""
+    sq = lambda x: ((x if x.dtype == torch.float32 else x.float()) ** 2).sum()  # noqa: E731
     leaves = tree_leaves(tree)
-    if len(leaves) == 1:  # the same value as the sum below (0 + s is s for a sum of squares)
-        return torch.sqrt((leaves[0].float() ** 2).sum())
-    return torch.sqrt(sum((leaf.float() ** 2).sum() for leaf in leaves))
+    # one leaf: the same value as the sum below (0 + s is s for a sum of squares)
+    s = sq(leaves[0]) if len(leaves) == 1 else sum(sq(leaf) for leaf in leaves)
+    return float(torch.sqrt(s))  # torch's float32 root (Sleef's: not always math.sqrt's)
+
+
+def _round32(x: float) -> float:
+    """x rounded to the nearest float32 (±inf past its range), as a Python float."""
+    return array.array("f", (x,))[0]
 
 
 def sgd(learning_rate) -> GradientTransformation:
@@ -241,9 +249,12 @@ def clipup(learning_rate, max_speed: float | None = None, beta: float = 0.9):
         lr = schedule(int(state.count))
         max_speed = 2 * lr if speed is None else speed
         g_norm = _global_norm(grad)
-        scale = lr / g_norm if float(g_norm) > 0 else 0.0
+        # lr / ‖ĝ‖ rounded as torch does for a float32 norm (its reciprocal, then times lr, each
+        # rounded to float32: a double quotient or product of floats rounded once to float32 is
+        # the correctly rounded float32 one), on the host instead of two dispatches
+        scale = _round32(_round32(1.0 / g_norm) * _round32(lr)) if g_norm > 0 else 0.0
         v = tree_map(lambda v, g: beta * v + scale * g, state.velocity, grad)
-        v_norm = float(_global_norm(v))
+        v_norm = _global_norm(v)
         if v_norm > max_speed:
             v = tree_map(lambda x: x * (max_speed / v_norm), v)
         return v, ClipUpState(v, state.count + 1)

@@ -70,6 +70,18 @@ def test_clipup_normalises_the_gradient_and_caps_speed():
     assert torch.all(u["w"] > 0)  # ascent: moves along +ĝ
 
 
+def test_clipup_scale_on_the_host_rounds_as_torch():
+    # ClipUp's lr / ‖ĝ‖ is worked out on the host; for the float32 norm it must round as torch's
+    # lr / tensor (its reciprocal, then times lr, each in float32), so the steps keep their bits.
+    g = torch.Generator().manual_seed(0)
+    norms = torch.cat([torch.rand(3000, generator=g) * 10.0 ** torch.randint(-30, 30, (3000,),
+                       generator=g), torch.tensor([1e-45, 3e-39, 3e38, float("inf")])])  # fmt: skip
+    for norm in norms.float():
+        lr = float(torch.rand((), generator=g)) * 10.0 ** int(torch.randint(-6, 3, ()))
+        host = optim._round32(optim._round32(1.0 / float(norm)) * optim._round32(lr))
+        assert host == float(lr / norm), (float(norm), lr)
+
+
 def test_weight_decay_chain_and_checkpointable_state():
     params = {"w": torch.ones(2)}
     opt = optim.chain(optim.add_decayed_weights(0.5), optim.sgd(0.1))
