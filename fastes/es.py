@@ -43,7 +43,7 @@ from .noise import (
 )
 from .prng import _LANES, check_key
 from .shaping import METHODS, shape_fitness
-from .tree import Raveler, raveler
+from .tree import Raveler, as_dtype, raveler
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -170,8 +170,8 @@ def _flat_estimate(
         rows = torch.arange(r0, min(r0 + rows_per_chunk, r_hi), device=theta.device)
         n = rows.numel() * per_row
         buf = None if pop is None else pop if pop.shape[0] == n else pop[:n]
-        if r0 == 0 and pop is not None and rows.numel() <= _LANES and type(source) is TableNoise \
-                and D <= _GATHER_MAX_DIM:  # fmt: skip
+        if r0 == 0 and pop is not None and rows.numel() <= _LANES \
+                and isinstance(source, TableNoise) and D <= _GATHER_MAX_DIM:  # fmt: skip
             # rows 0..n−1 of a checked CPU key: the table's rows without rows()' own key check
             # and offsets memo (this pass keeps them for the gradient)
             eps = source.first_rows(tuple(key.tolist()), rows.numel(), D)
@@ -213,7 +213,7 @@ def _flat_estimate(
         g = source.weighted_sum(key, rows, row_w[s_lo:s_hi], D)
     if partial:
         g = distributed.sum_in_rank_order(g, group)
-    g = (g if g.dtype == theta.dtype else g.to(theta.dtype)) / (P * sigma)
+    g = as_dtype(g, theta.dtype) / (P * sigma)
     stats = FitnessStats(fitness, weights, shape_stats.nan_count, shape_stats.inf_count, minimize)
     return g, stats
 

@@ -35,6 +35,12 @@ def tree_map(fn: Callable, tree: Any, *rest: Any) -> Any:
     return pytree.tree_map(fn, tree, *rest)
 
 
+def as_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x.to(dtype)``, without the call when x has that dtype already (a ~1 µs no-op dispatch
+    that small-D generations make a dozen times)."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 class Raveler(NamedTuple):
     """How to cut a flat vector back into a pytree: made by :func:`raveler`."""
 
@@ -70,7 +76,7 @@ class Raveler(NamedTuple):
         for p, shape, dtype in zip(parts, self.shapes, self.dtypes):
             # reshape / to only where they change something (each a ~1 µs no-op call otherwise)
             p = p if p.shape == (*batch, *shape) else p.reshape((*batch, *shape))
-            leaves.append(p if p.dtype == dtype else p.to(dtype))
+            leaves.append(as_dtype(p, dtype))
         return pytree.tree_unflatten(leaves, self.spec)
 
 

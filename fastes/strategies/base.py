@@ -46,7 +46,7 @@ from ..evaluate import evaluate_population
 from ..noise import TableNoise
 from ..prng import _LANES, check_key
 from ..shaping import _all_finite, _numpy_shortcut, _rank_weights_small, shape_fitness
-from ..tree import raveler
+from ..tree import as_dtype, raveler
 
 __all__ = ["Strategy"]
 
@@ -185,11 +185,10 @@ class Strategy:
         parts = []
         for m0 in range(lo, hi, chunk):
             members = self._members(state, key, self._ids(m0, min(m0 + chunk, hi)))
-            if members.dtype != self.raveler.flat_dtype:
-                members = members.to(self.raveler.flat_dtype)
             out = evaluate_population(
-                fitness_fn, members, self.raveler, mode=self.mode, fitness_args=fitness_args
-            )
+                fitness_fn, as_dtype(members, self.raveler.flat_dtype), self.raveler,
+                mode=self.mode, fitness_args=fitness_args,
+            )  # fmt: skip
             parts.append(out.detach() if out.requires_grad else out)
         fitness = parts[0] if len(parts) == 1 else torch.cat(parts)
         if not alone:
@@ -266,7 +265,7 @@ class Strategy:
 
     def _z_weighted_sum(self, key: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Σ_i weights[i]·z_i (D,) float32, regenerating z (folded over antithetic pairs)."""
-        w = _f32(weights)
+        w = as_dtype(weights, torch.float32)
         if self.antithetic:
             w = w[0::2] - w[1::2]
         rows = self._memo_rows(key, w.numel())
@@ -279,7 +278,7 @@ class Strategy:
     ) -> torch.Tensor:
         """Σ_i weights[i]·z_i² (D,) float32, regenerating z chunk by chunk. ``per_row``: the
         weights are given per noise row (an antithetic pair's two members already summed)."""
-        w = _f32(weights)
+        w = as_dtype(weights, torch.float32)
         if self.antithetic and not per_row:
             w = w[0::2] + w[1::2]  # z² is the same for both members of a pair
         kept = self._memo_rows(key, w.numel())
@@ -412,11 +411,6 @@ def scheduled_sigma_members(self, state, z: torch.Tensor) -> torch.Tensor:
     whose σ is a schedule of the generation (OpenAI-ES, ARS)."""
     mean = state.mean if state.mean.ndim == 1 else state.mean.unsqueeze(-2)
     return mean + self.sigma(int(state.generation)) * z
-
-
-def _f32(x: torch.Tensor) -> torch.Tensor:
-    """``x.to(torch.float32)``, skipping the call when it is float32 already."""
-    return x if x.dtype == torch.float32 else x.to(torch.float32)
 
 
 def _rows_weighted_sum(rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
