@@ -50,6 +50,7 @@ from .prng import (
     TAG_OFFSET,
     _from_lanes,
     _lane_masks,
+    _Lanes,
     _philox_lane_ints,
     check_key,
     check_keys,
@@ -158,19 +159,31 @@ def _offset_span(dim: int, table_size: int) -> int:
     return span
 
 
-def _small_offsets(words: tuple[int, int], rows: np.ndarray, span: int) -> np.ndarray:
-    """:func:`table_offsets` of up to a few hundred rows (int64, >= 0) of one CPU key given by
-    its words, as numpy int64: the rows' counters as lanes of one Python int, the offsets in
-    numpy uint64 (16 rows: 14 µs; one Python-int Philox a row 47 µs, tensor ops ~150 µs)."""
-    r, u, n = rows.view(np.uint64), np.uint64, rows.size
+def _small_offsets(words: tuple[int, int], rows: np.ndarray | int, span: int) -> np.ndarray:
+    """:func:`table_offsets` of up to a few hundred rows (int64, >= 0; an int n: rows 0..n−1)
+    of one CPU key given by its words, as numpy int64: the rows' counters as lanes of one Python
+    int, the offsets in numpy uint64 (16 rows: 14 µs; one Python-int Philox a row 47 µs, tensor
+    ops ~150 µs)."""
+    u = np.uint64
+    n = rows if isinstance(rows, int) else rows.size
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    hi = r >> u(32) if r.max() > MASK32 else 0
-    w0, w1, _, _ = _philox_lane_ints(n, r & u(MASK32), hi, 0, TAG_OFFSET, *words)
+    if isinstance(rows, int):  # rows 0..n−1: their low words packed once, high words 0
+        lo, hi = _first_lanes(n), 0
+    else:
+        r = rows.view(np.uint64)
+        lo, hi = r & u(MASK32), (r >> u(32) if r.max() > MASK32 else 0)
+    w0, w1, _, _ = _philox_lane_ints(n, lo, hi, 0, TAG_OFFSET, *words)
     # 62 random bits (lane by lane: 30 bits of w1 above w1's 32, which stay inside each 64-bit
     # lane) mod span: the modulo bias is below span / 2^62, i.e. negligible.
     bits = ((w1 & _lane_masks(n)[0] * 0x3FFFFFFF) << 32) | w0
     return (_from_lanes(bits, n) % u(span)).view(np.int64)
+
+
+@functools.lru_cache(maxsize=16)
+def _first_lanes(n: int) -> _Lanes:
+    """Row ids 0..n−1 as the lanes of one Python int, made once per n."""
+    return _Lanes(int.from_bytes(np.arange(n, dtype="<u8").tobytes(), "little"))
 
 
 def philox_weighted_sum(
@@ -335,13 +348,13 @@ class TableNoise(NamedTuple):
         (checked by the caller): what :meth:`rows` returns for them, without its key check and
         offsets memo (a strategy keeps the rows themselves)."""
         span = _offset_span(dim, self.table.values.numel())
-        return self._slices(_small_offsets(words, _first_ids(n), span), dim)
+        return self._slices(_small_offsets(words, n, span), dim)
 
     def _slices(self, offsets: np.ndarray, dim: int) -> torch.Tensor:
         """The table's slices [o, o + dim) for CPU offsets (n,) int64: (n, dim) float32."""
         t = self.table.values
         if offsets.size * dim <= _NUMPY_GATHER:  # the same values, ~2 µs against ~10 µs
-            return torch.from_numpy(t.numpy()[offsets[:, None] + np.arange(dim)])
+            return torch.from_numpy(t.numpy()[offsets[:, None] + _first_ids(dim)])
         # One index_select on the overlapping (span, dim) view of the table: measured here at
         # 0.1-0.25 ns/element for 128 rows of D = 1e3-1e4 (8x faster than slicing row by row and
         # stacking) and no slower at D = 1e5-1e6.

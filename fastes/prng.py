@@ -88,10 +88,16 @@ def _from_lanes(w: int, n: int) -> np.ndarray:
     return np.frombuffer(w.to_bytes(8 * n, "little"), dtype="<u8").astype(np.uint64)
 
 
+class _Lanes(int):
+    """A counter word already packed as the lanes of one Python int (word i in bits
+    64i..64i+63), e.g. row ids made once and reused; a plain int is one word shared by all."""
+
+
 def _philox_lane_ints(n: int, c0, c1, c2, c3, k0: int, k1: int, rounds: int = 10):
-    """:func:`_philox_lanes`' rounds, returning the four words as lane-packed Python ints."""
+    """:func:`_philox_lanes`' rounds, returning the four words as lane-packed Python ints.
+    A word is a uint64 array of n values, a :class:`_Lanes`, or an int shared by all n."""
     ones, low = _lane_masks(n)
-    a, b, c, d = (w * ones if isinstance(w, int) else
+    a, b, c, d = (w if isinstance(w, _Lanes) else w * ones if isinstance(w, int) else
                   int.from_bytes(np.ascontiguousarray(w, dtype="<u8").tobytes(), "little")
                   for w in (c0, c1, c2, c3))  # fmt: skip
     for r0, r1 in _key_schedule(k0, k1, rounds):
