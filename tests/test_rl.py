@@ -342,3 +342,26 @@ def test_recurrent_cells_equal_torch_nn_cells(kind):
         # Same equations, different fusing of the matmuls: values ~1, within a few float32 ulps.
         torch.testing.assert_close(ours_h, ref_h, rtol=0, atol=1e-6)
         assert torch.equal(a, (ours_h @ p["w_out"] + p["b_out"]).argmax(-1))
+
+
+def test_filming_without_an_opengl_context_says_how_to_get_one(monkeypatch):
+    # MuJoCo renders through OpenGL; on a machine without a display its raw error (a
+    # mujoco.FatalError about "an OpenGL platform library") becomes one that names MUJOCO_GL.
+    from fastes.rl import video
+
+    def no_context(*args, **kwargs):
+        raise Exception("an OpenGL platform library has not been loaded into this process")
+
+    policy = MLPPolicy(17, 6, hidden=(), discrete=False)
+    params = {k: torch.zeros(v.shape) for k, v in policy.init(fastes.key(0)).items()}
+    monkeypatch.setattr(video, "run_episodes", no_context)
+    with pytest.raises(RuntimeError, match="'HalfCheetah-v5'.*MUJOCO_GL=egl") as e:
+        video.record("HalfCheetah-v5", policy, params, None, [0])
+    assert "OpenGL platform library" in str(e.value.__cause__)
+
+    def other(*args, **kwargs):
+        raise ValueError("something else")
+
+    monkeypatch.setattr(video, "run_episodes", other)
+    with pytest.raises(ValueError, match="something else"):
+        video.record("HalfCheetah-v5", policy, params, None, [0])

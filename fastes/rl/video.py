@@ -28,9 +28,20 @@ def record(env_id: str, policy: MLPPolicy, params, norm, seeds, env_kwargs: dict
     frames a list of (H, W, 3) uint8 arrays — one after each reset and one per step."""
     frames: list[np.ndarray] = []
     p = policy.numpy_params(params)
-    returns, lengths, _ = run_episodes(
-        env_id, dict(env_kwargs or {}), policy, p, norm, seeds, frames=frames
-    )
+    try:
+        returns, lengths, _ = run_episodes(
+            env_id, dict(env_kwargs or {}), policy, p, norm, seeds, frames=frames
+        )
+    except Exception as e:  # noqa: BLE001 - only an OpenGL failure is rewritten, the rest re-raised
+        if "OpenGL" not in str(e):
+            raise
+        # MuJoCo renders through OpenGL (GLFW by default, which needs a display): the raw error
+        # (mujoco.FatalError) does not say what to do on a headless machine.
+        raise RuntimeError(
+            f"rendering {env_id!r} needs an OpenGL context, and none could be made ({e}). On a "
+            "machine without a display, set MUJOCO_GL=egl (or osmesa) in the environment before "
+            "starting, e.g. MUJOCO_GL=egl fastes eval RUN --video out.gif"
+        ) from e
     return frames, returns, lengths
 
 
