@@ -365,3 +365,25 @@ def test_filming_without_an_opengl_context_says_how_to_get_one(monkeypatch):
     monkeypatch.setattr(video, "run_episodes", other)
     with pytest.raises(ValueError, match="something else"):
         video.record("HalfCheetah-v5", policy, params, None, [0])
+
+
+def test_mujoco_envs_are_filmed_from_their_tracking_camera(monkeypatch):
+    # gymnasium documents that its MuJoCo envs render from a tracking camera; without a camera
+    # argument gymnasium 1.x renders a free one that a fast HalfCheetah runs out of. record()
+    # asks for the model's "track" camera unless a camera was chosen; other envs are untouched.
+    pytest.importorskip("gymnasium")
+    from fastes.rl import video
+
+    seen = []
+
+    def capture(env_id, env_kwargs, *args, **kwargs):
+        seen.append(env_kwargs)
+        return np.zeros(1), np.zeros(1), None
+
+    monkeypatch.setattr(video, "run_episodes", capture)
+    policy = MLPPolicy(4, 2, hidden=(), discrete=True)
+    params = {k: torch.zeros(v.shape) for k, v in policy.init(fastes.key(0)).items()}
+    video.record("HalfCheetah-v5", policy, params, None, [0])
+    video.record("HalfCheetah-v5", policy, params, None, [0], env_kwargs={"camera_id": 0})
+    video.record("CartPole-v1", policy, params, None, [0])
+    assert seen == [{"camera_name": "track"}, {"camera_id": 0}, {}]

@@ -28,9 +28,16 @@ def record(env_id: str, policy: MLPPolicy, params, norm, seeds, env_kwargs: dict
     frames a list of (H, W, 3) uint8 arrays — one after each reset and one per step."""
     frames: list[np.ndarray] = []
     p = policy.numpy_params(params)
+    env_kwargs = dict(env_kwargs or {})
+    if _is_mujoco(env_id) and not {"camera_id", "camera_name"} & env_kwargs.keys():
+        # The model's tracking camera, as gymnasium documents for its MuJoCo envs ("so agent does
+        # not run away from screen"); without a camera argument gymnasium 1.x renders a free
+        # camera that a fast runner leaves (HalfCheetah was off screen for most of an episode).
+        # Models without a "track" camera keep the free one.
+        env_kwargs["camera_name"] = "track"
     try:
         returns, lengths, _ = run_episodes(
-            env_id, dict(env_kwargs or {}), policy, p, norm, seeds, frames=frames
+            env_id, env_kwargs, policy, p, norm, seeds, frames=frames
         )
     except Exception as e:  # noqa: BLE001 - only an OpenGL failure is rewritten, the rest re-raised
         if "OpenGL" not in str(e):
@@ -43,6 +50,15 @@ def record(env_id: str, policy: MLPPolicy, params, norm, seeds, env_kwargs: dict
             "starting, e.g. MUJOCO_GL=egl fastes eval RUN --video out.gif"
         ) from e
     return frames, returns, lengths
+
+
+def _is_mujoco(env_id: str) -> bool:
+    """Whether gymnasium registers ``env_id`` as one of its MuJoCo envs."""
+    import gymnasium
+
+    spec = gymnasium.envs.registry.get(env_id)
+    entry = getattr(spec, "entry_point", None)
+    return isinstance(entry, str) and entry.startswith("gymnasium.envs.mujoco")
 
 
 def _imageio():
