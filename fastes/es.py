@@ -41,7 +41,7 @@ from .noise import (
     _fill_members,
     resolve_noise,  # public here too (es.__all__), its home is fastes.noise
 )
-from .prng import _LANES, check_key
+from .prng import _LANES, check_key, key_words
 from .shaping import METHODS, shape_fitness
 from .tree import Raveler, as_dtype, raveler
 
@@ -174,7 +174,7 @@ def _flat_estimate(
                 and isinstance(source, TableNoise) and D <= _GATHER_MAX_DIM:  # fmt: skip
             # rows 0..n−1 of a checked CPU key: the table's rows without rows()' own key check
             # and offsets memo (this pass keeps them for the gradient)
-            eps = source.first_rows(tuple(key.tolist()), rows.numel(), D)
+            eps = source.first_rows(key_words(key), rows.numel(), D)
             members = _fill_members(theta, eps, sigma, antithetic, buf)
         else:
             members, eps = source.perturb(key, rows, theta, sigma, antithetic, buf)

@@ -304,7 +304,7 @@ _NUMPY_GATHER = 4096
 
 @functools.lru_cache(maxsize=16)
 def _first_ids(n: int) -> np.ndarray:
-    """Row ids 0..n−1 as a read-only int64 array, made once per n."""
+    """0..n−1 as a read-only int64 array, made once per n (a gather's column offsets)."""
     ids = np.arange(n, dtype=np.int64)
     ids.flags.writeable = False
     return ids

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ._validate import real
-from .tree import tree_leaves, tree_map
+from .tree import as_dtype, tree_leaves, tree_map
 
 __all__ = [
     "GradientTransformation",
@@ -156,7 +156,7 @@ def _zeros_f32(params: Any) -> Any:
 
 def _global_norm(tree: Any) -> float:
     """‖tree‖₂ over all leaves, computed in float32, as a Python float (read back)."""
-    sq = lambda x: ((x if x.dtype == torch.float32 else x.float()) ** 2).sum()  # noqa: E731
+    sq = lambda x: (as_dtype(x, torch.float32) ** 2).sum()  # noqa: E731
     leaves = tree_leaves(tree)
     # one leaf: the same value as the sum below (0 + s is s for a sum of squares)
     s = sq(leaves[0]) if len(leaves) == 1 else sum(sq(leaf) for leaf in leaves)
