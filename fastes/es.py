@@ -202,12 +202,13 @@ def _flat_estimate(
     if row_w.dtype != torch.float32 or row_w.device != theta.device:
         row_w = row_w.to(device=theta.device, dtype=torch.float32)
     if cache and sum(e.shape[0] for e in cached) == s_hi - s_lo:
-        g = torch.zeros(D, dtype=torch.float32, device=theta.device)
-        r = s_lo
+        g, r = None, s_lo
         for eps in cached:  # chunk by chunk: no (n_rows, D) concatenation
             w = row_w if eps.shape[0] == row_w.shape[0] else row_w[r : r + eps.shape[0]]
-            g.addmv_(eps.T, w)
+            g = torch.mv(eps.T, w) if g is None else g.addmv_(eps.T, w)  # as the sources sum
             r += eps.shape[0]
+        if g is None:  # no rows on this rank
+            g = torch.zeros(D, dtype=torch.float32, device=theta.device)
     else:
         rows = torch.arange(s_lo, s_hi, device=theta.device)
         g = source.weighted_sum(key, rows, row_w[s_lo:s_hi], D)

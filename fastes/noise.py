@@ -198,13 +198,15 @@ def philox_weighted_sum(
 
 def _tiled_weighted_sum(make_rows, rows: torch.Tensor, weights: torch.Tensor, dim: int):
     """Σ_j weights[j]·rows_j as (dim,) float32: ``make_rows(rows[s:e])`` ~4 MiB at a time, one
-    matrix-vector product each (both noise sources sum in this order)."""
-    out = torch.zeros(dim, dtype=torch.float32, device=weights.device)
+    matrix-vector product each (both noise sources sum in this order; the first tile's product
+    is ``mv``, what ``zeros(dim).addmv_`` gives bit for bit)."""
     tile = _TILE * 16 if weights.device.type == "cpu" else _TILE * 1024  # GPUs: 256 MiB tiles
     step = max(1, tile // max(dim, 1))
+    out = None
     for s in range(0, rows.numel(), step):
-        out.addmv_(make_rows(rows[s : s + step]).T, weights[s : s + step].to(out))
-    return out
+        part, w = make_rows(rows[s : s + step]).T, weights[s : s + step].to(torch.float32)
+        out = torch.mv(part, w) if out is None else out.addmv_(part, w)
+    return torch.zeros(dim, dtype=torch.float32, device=weights.device) if out is None else out
 
 
 def philox_perturb(

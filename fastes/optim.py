@@ -156,7 +156,11 @@ def _zeros_f32(params: Any) -> Any:
 
 def _global_norm(tree: Any) -> float:
     """‖tree‖₂ over all leaves, computed in float32, as a Python float (read back)."""
-    sq = lambda x: (as_dtype(x, torch.float32) ** 2).sum()  # noqa: E731
+
+    def sq(x):  # y * y: the bits of y ** 2 (torch's pow 2 is that product), one dispatch less
+        y = as_dtype(x, torch.float32)
+        return (y * y).sum()
+
     leaves = tree_leaves(tree)
     # one leaf: the same value as the sum below (0 + s is s for a sum of squares)
     s = sq(leaves[0]) if len(leaves) == 1 else sum(sq(leaf) for leaf in leaves)

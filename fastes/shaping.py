@@ -121,7 +121,8 @@ def _all_finite(x: torch.Tensor) -> bool:
     """Whether every value is finite: numpy's test on eager CPU tensors (~1 µs against ~7 µs of
     torch ops and a host read), torch's elsewhere."""
     if x.device.type == "cpu" and not torch.compiler.is_compiling() and x.dtype != torch.bfloat16:
-        return bool(np.isfinite(x.detach().numpy()).all())
+        v = x.detach().numpy() if x.requires_grad else x.numpy()
+        return bool(np.logical_and.reduce(np.isfinite(v), axis=None))  # no .all()'s wrapper
     return bool(torch.isfinite(x).all())
 
 

@@ -2,7 +2,9 @@
 
 import io
 import math
+import statistics
 
+import numpy as np
 import pytest
 import torch
 
@@ -391,16 +393,50 @@ def test_per_row_z_squared_weights_equal_the_folded_pair_weights():
         assert (s.__dict__.get("_rows_memo") is not None) == keep
 
 
+def _bits(t):
+    return t.contiguous().view(torch.int32 if t.dtype == torch.float32 else torch.int64)
+
+
+def test_kept_rows_product_is_the_bits_of_zeros_addmv():
+    # The gradient of kept rows is torch.mv: the BLAS product zeros(D).addmv_ computes, with
+    # β = 0 instead of adding to zeros. Bit for bit, signs of zero included, over sizes around
+    # the vector widths and with exact zeros among rows and weights.
+    from fastes.strategies.base import _rows_weighted_sum
+
+    g = torch.Generator().manual_seed(3)
+    for n in (1, 2, 3, 7, 8, 9, 16, 33, 128):
+        for dim in (1, 3, 8, 10, 17, 32, 100, 1000):
+            rows, w = torch.randn(n, dim, generator=g), torch.randn(n, generator=g)
+            w[torch.rand(n, generator=g) < 0.3] = 0.0
+            rows[:, : dim // 2] = 0.0
+            want = torch.zeros(dim).addmv_(rows.T, w)
+            assert torch.equal(_bits(_rows_weighted_sum(rows, w)), _bits(want)), (n, dim)
+
+
+def test_pgpe_weights_worked_out_on_the_host_equal_the_tensor_ops(monkeypatch):
+    # PGPE's pair weights and σ update run in numpy on the host where they are small
+    # (host_view); off the host (GPUs) the same expressions run on the tensors. Both must give
+    # the same bits: forced here onto the tensors for comparison.
+    from fastes.strategies import pgpe
+
+    host = _three_steps("pgpe", 4)
+    monkeypatch.setattr(pgpe, "host_view", lambda t: t)
+    assert _same(_three_steps("pgpe", 4), host)
+
+
 def _ars_step_weights_in_torch(s, fitness, lr):
-    # ARS's step weights as tensor ops (how fastes computed them before moving them to numpy)
+    # ARS's step half-weights as tensor ops (how fastes computed them before moving them to
+    # numpy), with its σ_R (tested on its own below)
+    from fastes.strategies.ars import _reward_std
+
     r = -fitness if s.minimize else fitness
     r_plus, r_minus = r[0::2], r[1::2]
     top = torch.argsort(torch.maximum(r_plus, r_minus), descending=True, stable=True)[: s.top]
-    sigma_r = float(torch.cat([r_plus[top], r_minus[top]]).std(unbiased=False))
+    sigma_r = _reward_std(torch.cat([r_plus[top], r_minus[top]]).numpy())
     half = torch.zeros(s.population_size // 2, dtype=torch.float32)
     if sigma_r > 0:
         half[top] = lr / (s.top * sigma_r) * (r_plus[top] - r_minus[top]).float() / 2
-    return torch.stack([half, -half], 1).reshape(-1)
+    return half
 
 
 @pytest.mark.parametrize("minimize", [False, True])
@@ -420,7 +456,25 @@ def test_ars_step_weights_in_numpy_equal_the_tensor_ops(minimize):
     ):
         for lr in (0.02, 1.0, 3e-7):
             got, want = s._step_weights(fitness, lr), _ars_step_weights_in_torch(s, fitness, lr)
-            assert got.dtype == torch.float32 and torch.equal(got, want), (fitness, lr)
+            assert got.dtype == np.float32 and torch.equal(torch.from_numpy(got), want)
+
+
+def test_ars_reward_std_is_the_population_std_to_float64_rounding():
+    # σ_R in float64, two passes (mean, then squared deviations), against the exact value
+    # (statistics.pstdev: exact rational sums, one rounding). The two-pass algorithm's relative
+    # error on the variance is at most about (n + 3)·u·κ² (Chan, Golub & LeVeque 1983; u =
+    # 2^-53, κ² = 1 + mean²/var), and a square root halves a relative error: the bound below.
+    from fastes.strategies.ars import _reward_std
+
+    g = np.random.default_rng(0)
+    for n in (2, 3, 8, 16, 31, 256):
+        for shift in (0.0, 3.0, -1e3):
+            x = (g.standard_normal(n) + shift).astype(np.float32)
+            exact = statistics.pstdev(x.astype(float).tolist())
+            kappa2 = 1 + float(np.mean(x, dtype=np.float64)) ** 2 / exact**2
+            bound = (n + 3) * 2.0**-53 * kappa2 / 2 * exact
+            assert abs(_reward_std(x) - exact) <= bound, (n, shift)
+    assert _reward_std(np.full(5, 2.5, dtype=np.float32)) == 0.0  # equal rewards: no step
 
 
 def test_a_key_changed_in_place_is_not_served_from_kept_rows():

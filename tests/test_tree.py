@@ -1,5 +1,6 @@
 from collections import OrderedDict, namedtuple
 
+import numpy as np
 import pytest
 import torch
 
@@ -69,3 +70,18 @@ def test_errors_name_the_argument():
         raveler({"x": 1.0})
     with pytest.raises(ValueError, match="must be on one device.*meta"):
         raveler({"a": torch.ones(2), "b": torch.ones(2, device="meta")})
+
+
+def test_host_view_only_for_small_eager_cpu_tensors_and_back_without_a_copy():
+    # host_view hands small eager CPU tensors to numpy as views (a generation's weights, a
+    # small problem's D numbers); large ones stay torch's (multi-threaded above HOST_MAX), as
+    # do tensors that need grad. from_host wraps the array back without copying it.
+    from fastes.tree import HOST_MAX, from_host, host_view
+
+    small = torch.arange(6.0)
+    v = host_view(small)
+    assert isinstance(v, np.ndarray) and np.shares_memory(v, small.numpy())
+    back = from_host(v)
+    assert back.data_ptr() == small.data_ptr() and from_host(small) is small
+    big, grad = torch.zeros(HOST_MAX + 1), torch.zeros(3, requires_grad=True)
+    assert host_view(big) is big and host_view(grad) is grad

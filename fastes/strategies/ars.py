@@ -14,6 +14,7 @@ Rewards are used raw (no ranking); non-finite rewards follow fastes.shaping's "r
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -24,6 +25,7 @@ from .. import optim
 from .._validate import positive_int
 from ..schedules import resolve
 from ..shaping import shape_fitness
+from ..tree import from_host
 from .base import Strategy, _runs_weighted_sums, scheduled_sigma_members
 
 
@@ -87,11 +89,11 @@ class ARS(Strategy):
 
     def _tell(self, state, key, fitness):
         lr = self._step_size(state)
-        step = self._step_weights(fitness, lr)
-        # Σ_top (r⁺ − r⁻) δ_j via the antithetic fold of ±(r⁺ − r⁻)/2 weights.
-        direction = self._z_weighted_sum(key, step).to(state.mean.dtype)
+        half = self._step_weights(fitness, lr)
+        # Σ_top (r⁺ − r⁻) δ_j: each direction's weight is half − (−half), i.e. 2·half exactly
+        direction = self._z_weighted_sum(key, half + half, per_row=True).to(state.mean.dtype)
         # Each member's weight: its coefficient of z_i in the update, per unit learning rate.
-        weights = step / lr if lr else step
+        weights = from_host(_pairs(half / lr if lr else half), self.raveler.device)
         return self._apply(state, direction), weights
 
     def _check_runs(self) -> None:
@@ -106,21 +108,21 @@ class ARS(Strategy):
         """R runs' tell from their noise z (R, λ, D) (:class:`BatchedRuns`): each run's step
         weights and direction as alone, one step over the run dim."""
         lr = self._step_size(state)
-        w = torch.stack([self._step_weights(f, lr) for f in fitness])
-        direction = _runs_weighted_sums(z[:, 0::2], w[:, 0::2] - w[:, 1::2])
+        half = np.stack([self._step_weights(f, lr) for f in fitness])
+        direction = _runs_weighted_sums(z[:, 0::2], from_host(half + half, z.device))
         return self._apply(state, direction.to(state.mean.dtype))
 
     def _step_size(self, state) -> float:
         return 1.0 if self.optimizer is not None else self.learning_rate(int(state.generation))
 
-    def _step_weights(self, fitness, lr: float) -> torch.Tensor:
-        """Each member's coefficient (P,) float32 of its noise in the step: ±lr/(b·σ_R)·
-        (r⁺ − r⁻)/2 for the b best directions, 0 for the rest.
+    def _step_weights(self, fitness, lr: float) -> np.ndarray:
+        """Each direction's half-coefficient (P/2,) float32 in the step: lr/(b·σ_R)·
+        (r⁺ − r⁻)/2 for the b best directions, 0 for the rest (member 2j takes +, 2j + 1 −).
 
         Worked out on the host in numpy: P numbers, which ARS reads back anyway (σ_R decides
         whether there is a step), in a dozen numpy calls instead of as many tensor dispatches.
         The elementwise arithmetic rounds as torch's (IEEE float32/float64, a Python scalar
-        taken in the array's dtype); σ_R itself is torch's ``std``. bfloat16 rewards (numpy has
+        taken in the array's dtype); σ_R is :func:`_reward_std`. bfloat16 rewards (numpy has
         none) are taken in float32."""
         r, _ = shape_fitness(
             fitness, "raw", objective_weights=self.objective_weights, minimize=self.minimize
@@ -131,13 +133,12 @@ class ARS(Strategy):
         # sort). Finite: "raw" shaping clamps ±inf and fills NaN.
         top = np.argsort(-np.maximum(r_plus, r_minus), kind="stable")[: self.top]
         r_plus, r_minus = r_plus[top], r_minus[top]
-        sigma_r = float(torch.from_numpy(np.concatenate([r_plus, r_minus])).std(unbiased=False))
+        sigma_r = _reward_std(np.concatenate([r_plus, r_minus]))
         half = np.zeros(self.population_size // 2, dtype=np.float32)
         if sigma_r > 0:  # all selected rewards equal: no information, no step
             coef = lr / (self.top * sigma_r)
             half[top] = coef * (r_plus - r_minus).astype(np.float32) / 2
-        step = torch.from_numpy(np.stack([half, -half], 1).reshape(-1))  # 2j: +, 2j + 1: −
-        return step if r.device.type == "cpu" else step.to(r.device)
+        return half
 
     def _apply(self, state, direction):
         """θ + direction (ARS's own step) or the optimizer's step on it (leading run dims
@@ -164,6 +165,19 @@ class ARS(Strategy):
         :func:`fastes.rl.normalization.mean_std` is (0, 1) then)."""
         mean, std = nz.mean_std(_norm(state))
         return (observations - mean.to(observations)) / std.to(observations)
+
+
+def _reward_std(r: np.ndarray) -> float:
+    """σ_R, the population standard deviation of the selected rewards, in float64 on the host
+    (two passes: the mean, then the squared deviations from it)."""
+    x = r.astype(np.float64)
+    d = x - np.add.reduce(x) / x.size
+    return math.sqrt(float(np.dot(d, d)) / x.size)
+
+
+def _pairs(half: np.ndarray) -> np.ndarray:
+    """Per-member weights (P,) from per-direction ones: member 2j +half[j], 2j + 1 −half[j]."""
+    return np.stack([half, -half], 1).reshape(-1)
 
 
 def _norm(state: ARSState) -> nz.RunningNorm:

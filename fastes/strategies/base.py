@@ -46,7 +46,7 @@ from ..evaluate import evaluate_population
 from ..noise import TableNoise
 from ..prng import _LANES, check_key
 from ..shaping import _all_finite, _numpy_shortcut, _rank_weights_small, shape_fitness
-from ..tree import as_dtype, raveler
+from ..tree import as_dtype, from_host, raveler
 
 __all__ = ["Strategy"]
 
@@ -263,10 +263,14 @@ class Strategy:
             self._rows_memo = (words, z)
         return z
 
-    def _z_weighted_sum(self, key: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Σ_i weights[i]·z_i (D,) float32, regenerating z (folded over antithetic pairs)."""
-        w = as_dtype(weights, torch.float32)
-        if self.antithetic:
+    def _z_weighted_sum(
+        self, key: torch.Tensor, weights: torch.Tensor | np.ndarray, *, per_row: bool = False
+    ) -> torch.Tensor:
+        """Σ_i weights[i]·z_i (D,) float32, regenerating z (folded over antithetic pairs).
+        ``per_row``: the weights are given per noise row (a pair's w⁺ − w⁻ already taken), as
+        a tensor or as a numpy array worked out on the host."""
+        w = as_dtype(from_host(weights, self.raveler.device), torch.float32)
+        if self.antithetic and not per_row:
             w = w[0::2] - w[1::2]
         rows = self._memo_rows(key, w.numel())
         if rows is not None:  # the same product the noise source computes, on kept rows
@@ -274,11 +278,12 @@ class Strategy:
         return self.noise.weighted_sum(key, self._ids(0, w.numel()), w, self.dim)
 
     def _z_sq_weighted_sum(
-        self, key: torch.Tensor, weights: torch.Tensor, *, per_row: bool = False
+        self, key: torch.Tensor, weights: torch.Tensor | np.ndarray, *, per_row: bool = False
     ) -> torch.Tensor:
         """Σ_i weights[i]·z_i² (D,) float32, regenerating z chunk by chunk. ``per_row``: the
-        weights are given per noise row (an antithetic pair's two members already summed)."""
-        w = as_dtype(weights, torch.float32)
+        weights are given per noise row (an antithetic pair's two members already summed), as
+        a tensor or a numpy array."""
+        w = as_dtype(from_host(weights, self.raveler.device), torch.float32)
         if self.antithetic and not per_row:
             w = w[0::2] + w[1::2]  # z² is the same for both members of a pair
         kept = self._memo_rows(key, w.numel())
@@ -416,8 +421,10 @@ def scheduled_sigma_members(self, state, z: torch.Tensor) -> torch.Tensor:
 def _rows_weighted_sum(rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Σ_i w_i·rows_i (D,) float32 for kept rows (n, D): the product every strategy's gradient
     uses on rows it holds, so R runs advanced together (looping this per run) get the bits of
-    each run alone (a batched matmul rounds some sizes differently, measured)."""
-    return torch.zeros(rows.shape[-1], dtype=torch.float32, device=w.device).addmv_(rows.T, w)
+    each run alone (a batched matmul rounds some sizes differently, measured). ``mv`` is the
+    BLAS product that ``zeros(D).addmv_`` computes (β = 0 instead of adding to zeros: tested bit
+    for bit, signs of zero included), one dispatch fewer."""
+    return torch.mv(rows.T, w)
 
 
 def _runs_weighted_sums(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 
 from .._validate import real
 from ..schedules import resolve
+from ..tree import host_view
 from .base import Strategy, diagonal_members
 
 
@@ -66,7 +67,8 @@ class CEM(Strategy):
         x = self._members(state, key, elites)  # (k, D), regenerated
         new = self._refit(state, x.mean(0), x.std(0, unbiased=False))
         weights = torch.zeros(self.population_size, dtype=new.mean.dtype, device=new.mean.device)
-        weights[elites] = self.smoothing / self.n_elite  # each elite's share of the refit mean
+        # each elite's share of the refit mean (written on the host where the weights are small)
+        host_view(weights)[host_view(elites)] = self.smoothing / self.n_elite
         return new, weights
 
     def _tell_runs(self, state, z, fitness):

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from .. import optim
 from .._validate import real
+from ..tree import from_host, host_view
 from .base import Strategy, _runs_weighted_sums, diagonal_members
 
 
@@ -62,11 +64,12 @@ class PGPE(Strategy):
 
     def _tell(self, state, key, fitness):
         f = self._scores(fitness)  # centered ranks, (P,)
-        # Σ_j (f⁺−f⁻)/2 z_j: the antithetic fold of weights f/2 gives exactly that.
-        z_sum = self._z_weighted_sum(key, f / 2)
-        avg = (f[0::2] + f[1::2]) / 2 - f.mean()  # (n,): each pair's weight of its z²
+        v, b = host_view(f), f.mean()  # the pairs' weights on the host where f is small
+        half = v / 2  # Σ_j (f⁺−f⁻)/2 z_j: the antithetic fold of weights f/2
+        z_sum = self._z_weighted_sum(key, half[0::2] - half[1::2], per_row=True)
+        avg = (v[0::2] + v[1::2]) / 2 - (float(b) if v is not f else b)  # each pair's z² weight
         zsq_sum = self._z_sq_weighted_sum(key, avg, per_row=True)
-        return self._update(state, z_sum, zsq_sum, avg.sum()), f
+        return self._update(state, z_sum, zsq_sum, from_host(avg).sum()), f
 
     def _check_runs(self) -> None:
         hint = " (pgpe's default, ClipUp, normalises over the whole tree: pass optimizer="
@@ -85,12 +88,14 @@ class PGPE(Strategy):
     def _update(self, state, z_sum, zsq_sum, avg_sum):
         """The step from Σ (f⁺−f⁻)/2·z_j, Σ w_j z_j² and Σ avg_j (leading run dims allowed)."""
         n = self.population_size // 2
-        grad_mean = state.sigma * z_sum / n
+        # D numbers each: on the host where they are small (the same roundings, fewer dispatches)
+        s, z_sum, zsq_sum, avg_sum = map(host_view, (state.sigma, z_sum, zsq_sum, avg_sum))
+        grad_mean = s * z_sum / n
         # (ε² − σ²)/σ = σ(z² − 1) with ε = σz.
-        grad_sigma = state.sigma * (zsq_sum - avg_sum) / n
-        sigma = state.sigma + self.stdev_lr * grad_sigma
-        sigma = sigma.clamp(
-            state.sigma * (1 - self.max_change), state.sigma * (1 + self.max_change)
-        )
+        grad_sigma = s * (zsq_sum - avg_sum) / n
+        sigma = s + self.stdev_lr * grad_sigma
+        xp = torch if isinstance(s, torch.Tensor) else np
+        sigma = xp.minimum(xp.maximum(sigma, s * (1 - self.max_change)), s * (1 + self.max_change))
+        grad_mean, sigma = from_host(grad_mean), from_host(sigma)
         updates, opt_state = self.optimizer.update(grad_mean, state.opt_state, state.mean)
         return PGPEState(state.mean + updates, sigma, opt_state, state.generation + 1)
