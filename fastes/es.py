@@ -43,7 +43,7 @@ from .noise import (
 )
 from .prng import _LANES, check_key, key_words
 from .shaping import METHODS, shape_fitness
-from .tree import Raveler, as_dtype, raveler
+from .tree import Raveler, as_dtype, from_host, host_view, raveler
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -135,7 +135,7 @@ def _flat_estimate(
     """The estimate on the flat mean θ (D,): returns (ĝ (D,) in θ's dtype, stats)."""
     P, D = population_size, theta.numel()
     source = resolve_noise(noise, D, theta.device)
-    key = key.to(theta.device)
+    key = key if key.device == theta.device else key.to(theta.device)
     n_rows = P // 2 if antithetic else P
     per_row = 2 if antithetic else 1
     if chunk_size is None:
@@ -198,7 +198,8 @@ def _flat_estimate(
     weights, shape_stats = shape_fitness(
         fitness, shaping, objective_weights=objective_weights, minimize=minimize
     )
-    row_w = weights[0::2] - weights[1::2] if antithetic else weights  # (n_rows,)
+    w = host_view(weights)  # the fold on the host where the weights are small
+    row_w = from_host(w[0::2] - w[1::2] if antithetic else w)  # (n_rows,)
     if row_w.dtype != torch.float32 or row_w.device != theta.device:
         row_w = row_w.to(device=theta.device, dtype=torch.float32)
     if cache and sum(e.shape[0] for e in cached) == s_hi - s_lo:

@@ -26,10 +26,11 @@ import array
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from ._validate import real
-from .tree import as_dtype, tree_leaves, tree_map
+from .tree import as_dtype, from_host, host_view, tree_leaves, tree_map, tree_map_n
 
 __all__ = [
     "GradientTransformation",
@@ -167,6 +168,27 @@ def _global_norm(tree: Any) -> float:
     return float(torch.sqrt(s))  # torch's float32 root (Sleef's: not always math.sqrt's)
 
 
+def _elementwise(fn: Callable, *xs: torch.Tensor, host: bool = True):
+    """``fn(*xs)`` (one value or a tuple) for elementwise arithmetic on tensors: in numpy on
+    the host where every x is small (:func:`fastes.tree.host_view`: the same roundings, a
+    fraction of the dispatch cost), else on the tensors. ``host=False``: always the tensors
+    (hyperparameters given as tensors, which numpy arrays do not mix with)."""
+    hs = tuple(map(host_view, xs)) if host else ()
+    if not hs or not all(isinstance(h, np.ndarray) for h in hs):
+        return fn(*xs)
+    out = fn(*hs)
+    return tuple(map(from_host, out)) if isinstance(out, tuple) else from_host(out)
+
+
+def _sqrt(x):
+    """torch's square root of a tensor or of a host array (numpy's float32 root is correctly
+    rounded and torch's is not always: the arithmetic around it may move to the host, the
+    root's bits stay torch's)."""
+    if isinstance(x, torch.Tensor):
+        return x.sqrt()
+    return torch.from_numpy(x).sqrt_().numpy()  # x is a fresh temporary: rooted in place
+
+
 def _round32(x: float) -> float:
     """x rounded to the nearest float32 (±inf past its range), as a Python float."""
     return array.array("f", (x,))[0]
@@ -219,19 +241,25 @@ def adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
     def init(params):
         return AdamState(_count(params), _zeros_f32(params), _zeros_f32(params))
 
+    scalars = not any(isinstance(h, torch.Tensor) for h in (learning_rate, b1, b2, eps))
+
     def update(grad, state, params=None):
-        count = state.count + 1
-        m1, m2 = (lambda t: _member(b1, t)), (lambda t: _member(b2, t))
-        mu = tree_map(lambda m, g: m1(m) * m + (1 - m1(m)) * g, state.mu, grad)
-        nu = tree_map(lambda v, g: m2(v) * v + (1 - m2(v)) * g * g, state.nu, grad)
-        lr, t = schedule(int(state.count)), int(count)
-        c1, c2 = 1 - b1**t, 1 - b2**t
+        n = int(state.count)
+        lr, c1, c2 = schedule(n), 1 - b1 ** (n + 1), 1 - b2 ** (n + 1)
 
-        def step(m, v):
+        def moments(m, v, g):  # one leaf's moments and step
             at = lambda h: _member(h, m)  # noqa: E731
-            return at(lr) * (m / at(c1)) / ((v / at(c2)).sqrt() + at(eps))
+            m = at(b1) * m + (1 - at(b1)) * g
+            v = at(b2) * v + (1 - at(b2)) * g * g
+            return m, v, at(lr) * (m / at(c1)) / (_sqrt(v / at(c2)) + at(eps))
 
-        return tree_map(step, mu, nu), AdamState(count, mu, nu)
+        leaf = lambda m, v, g: _elementwise(moments, m, v, g, host=scalars)  # noqa: E731
+
+        if isinstance(grad, torch.Tensor):  # a strategy's flat mean: one leaf
+            mu, nu, step = leaf(state.mu, state.nu, grad)
+        else:
+            mu, nu, step = tree_map_n(leaf, 3, state.mu, state.nu, grad)
+        return step, AdamState(state.count + 1, mu, nu)
 
     return GradientTransformation(init, update, elementwise=True)
 
@@ -257,10 +285,12 @@ def clipup(learning_rate, max_speed: float | None = None, beta: float = 0.9):
         # rounded to float32: a double quotient or product of floats rounded once to float32 is
         # the correctly rounded float32 one), on the host instead of two dispatches
         scale = _round32(_round32(1.0 / g_norm) * _round32(lr)) if g_norm > 0 else 0.0
-        v = tree_map(lambda v, g: beta * v + scale * g, state.velocity, grad)
+        step = lambda v, g: beta * v + scale * g  # noqa: E731
+        v = tree_map(lambda v, g: _elementwise(step, v, g), state.velocity, grad)
         v_norm = _global_norm(v)
         if v_norm > max_speed:
-            v = tree_map(lambda x: x * (max_speed / v_norm), v)
+            cap = max_speed / v_norm
+            v = tree_map(lambda x: _elementwise(lambda y: y * cap, x), v)
         return v, ClipUpState(v, state.count + 1)
 
     return GradientTransformation(init, update)

@@ -88,12 +88,15 @@ def _rank_weights_small(f: torch.Tensor, method: str, negate: bool = False) -> t
     infinity or a tie needs the general path. f may hold several runs' fitness (R, P): each row
     ranked alone (:class:`fastes.strategies.BatchedRuns`), None if any row needs the general
     path."""
-    v = f.detach().numpy()
+    v = f.detach().numpy() if f.requires_grad else f.numpy()
     v = -v if negate else v  # exact, as torch's -f
     order = np.argsort(v, axis=-1, kind="stable")  # ascending: position 0 is the worst
     one = v.ndim == 1  # one run: plain indexing (take/put_along_axis cost ~5-10 µs each)
     s = v[order] if one else np.take_along_axis(v, order, -1)
-    if not np.isfinite(s).all() or (s[..., 1:] == s[..., :-1]).any():
+    # (ufunc reductions: the same tests as .all() / .any() without their Python wrappers)
+    if not np.logical_and.reduce(np.isfinite(s), axis=None) or np.logical_or.reduce(
+        s[..., 1:] == s[..., :-1], axis=None
+    ):
         return None
     n = v.shape[-1]
     k = (n, method, v.dtype.str)

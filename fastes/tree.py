@@ -41,6 +41,13 @@ def tree_map(fn: Callable, tree: Any, *rest: Any) -> Any:
 HOST_MAX = 2**15
 
 
+def tree_map_n(fn: Callable, n: int, tree: Any, *rest: Any) -> tuple:
+    """:func:`tree_map` of a function returning n values: n pytrees of ``tree``'s structure."""
+    leaves, spec = pytree.tree_flatten(tree)
+    outs = [fn(*xs) for xs in zip(leaves, *map(pytree.tree_leaves, rest), strict=True)]
+    return tuple(pytree.tree_unflatten([o[i] for o in outs], spec) for i in range(n))
+
+
 def host_view(t: torch.Tensor) -> torch.Tensor | np.ndarray:
     """A numpy view of a small eager CPU tensor (no grad, at most HOST_MAX elements), else the
     tensor itself: for arithmetic on a generation's P weights or a small problem's D numbers,

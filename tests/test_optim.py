@@ -242,3 +242,30 @@ def test_transformations_whose_step_spans_the_tree_are_not_elementwise():
     assert not optim.clipup(0.1).elementwise
     assert not optim.chain(optim.adam(0.1), optim.clipup(0.1)).elementwise
     assert not optim.torch_optimizer(torch.optim.Adam, lr=0.1).elementwise
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: optim.adam(0.01), lambda: optim.clipup(0.05, max_speed=0.06)]
+)
+def test_arithmetic_on_the_host_gives_the_bits_of_the_tensor_ops(make, monkeypatch):
+    # Adam's and ClipUp's elementwise arithmetic runs in numpy for small leaves
+    # (fastes.tree.host_view; roots and norms stay torch's), as tensor ops for large ones and
+    # off the CPU. Forced onto the tensors here, the same steps must give the same bits:
+    # float32 and float64 leaves, a leaf past HOST_MAX, ClipUp's speed cap reached.
+    from fastes.tree import HOST_MAX
+
+    g = torch.Generator().manual_seed(5)
+    params = {
+        "w": torch.zeros(3, 4),
+        "b": torch.zeros(7, dtype=torch.float64),
+        "big": torch.zeros(HOST_MAX + 1),
+    }
+    grads = [
+        {k: torch.randn(v.shape, generator=g, dtype=v.dtype) * 10.0**e for k, v in params.items()}
+        for e in (-3, 0, 2, -1, 1)
+    ]
+    host = _run(make(), params, grads)
+    monkeypatch.setattr(optim, "host_view", lambda t: t)
+    tensors = _run(make(), params, grads)
+    for a, b in zip(fastes.tree.tree_leaves(host), fastes.tree.tree_leaves(tensors), strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b)

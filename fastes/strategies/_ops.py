@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..tree import as_dtype
+
 # Up to this D the eager CPU updates run in numpy. Above it LAPACK's eigh switches to divide and
 # conquer (n > 25), whose threaded OpenBLAS products leave threads spinning that starve torch's
 # on small machines. Measured on the 2-core dev CPU, CMA-ES ms per generation, numpy / torch
@@ -53,8 +55,8 @@ class TorchOps:
         return t
 
     @staticmethod
-    def tensor(a: torch.Tensor) -> torch.Tensor:
-        return a
+    def tensor(a: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return a if dtype is None else as_dtype(a, dtype)
 
     @staticmethod
     def each(f: Callable, *xs: torch.Tensor, runs: bool):
@@ -114,6 +116,10 @@ class TorchOps:
         return x.mT
 
 
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+_EYES: dict[tuple[int, str], np.ndarray] = {}
+
+
 class NumpyOps:
     """numpy views of CPU tensors (no copies); stacked operations act slice by slice."""
 
@@ -122,8 +128,13 @@ class NumpyOps:
         return t.detach().numpy() if t.requires_grad else t.numpy()
 
     @staticmethod
-    def tensor(a) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(a))
+    def tensor(a, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The array as a tensor (no copy); in ``dtype`` when given (cast here: numpy rounds
+        float64 to float32 as torch does, without a dispatch)."""
+        a = np.asarray(a)
+        if dtype is not None and dtype in _NUMPY_DTYPES:
+            a = a.astype(_NUMPY_DTYPES[dtype], copy=False)
+        return as_dtype(torch.from_numpy(a), dtype) if dtype is not None else torch.from_numpy(a)
 
     @staticmethod
     def each(f: Callable, *xs: np.ndarray, runs: bool):
@@ -139,7 +150,15 @@ class NumpyOps:
 
     @staticmethod
     def eye(n: int, like: np.ndarray) -> np.ndarray:
-        return np.eye(n, dtype=like.dtype)
+        """The identity, made once per size and dtype (read-only: every use makes a new array
+        from it)."""
+        key = (n, like.dtype.str)
+        if key not in _EYES:
+            if len(_EYES) >= 64:
+                _EYES.clear()
+            _EYES[key] = np.eye(n, dtype=like.dtype)
+            _EYES[key].flags.writeable = False
+        return _EYES[key]
 
     eigh = staticmethod(np.linalg.eigh)
     exp = staticmethod(np.exp)
@@ -147,7 +166,7 @@ class NumpyOps:
 
     @staticmethod
     def trace(m: np.ndarray) -> np.ndarray:
-        return np.trace(m, axis1=-2, axis2=-1)
+        return m.trace(axis1=-2, axis2=-1)  # the method: np.trace's wrapper costs a call
 
     @staticmethod
     def addcmul(a: np.ndarray, s: np.ndarray, b: np.ndarray) -> np.ndarray:

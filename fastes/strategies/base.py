@@ -252,7 +252,7 @@ class Strategy:
         memo = self.__dict__.get("_rows_memo")
         if memo is not None and memo[0] == words and rows.numel():
             r = rows.numpy()  # numpy's min/max: ~2 µs against ~8 µs of aminmax
-            if r.min() >= 0 and r.max() < memo[1].shape[0]:
+            if np.minimum.reduce(r) >= 0 and np.maximum.reduce(r) < memo[1].shape[0]:
                 return memo[1].index_select(0, rows)
         prefix, n = self._is_prefix(rows), rows.numel()
         if prefix and n <= _LANES and isinstance(self.noise, TableNoise):

@@ -122,11 +122,12 @@ class CMAES(Strategy):
         return self._members_from(state, self._z(key, ids))
 
     def _members_from(self, state, z):
-        """x = m + σ·B D z (float64) for z (..., m, D) (a leading run dim for batched runs)."""
+        """x = m + σ·B D z for z (..., m, D) (a leading run dim for batched runs), computed in
+        float64 and returned in the params' flat dtype."""
         ops = ops_for(z, self.separable)
         mean, sigma, B, D = (ops.arr(t) for t in (state.mean, state.sigma, state.B, state.D))
         y = self._y(ops, B, D, ops.f64(ops.arr(z)), z.ndim > 2)
-        return ops.tensor(mean[..., None, :] + sigma[..., None, None] * y)
+        return ops.tensor(mean[..., None, :] + sigma[..., None, None] * y, self.raveler.flat_dtype)
 
     def _tell(self, state, key, fitness):
         order = self._order(fitness)  # best first

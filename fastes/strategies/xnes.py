@@ -56,11 +56,13 @@ class XNES(NESBase):
         return self._members_from(state, self._z(key, ids))
 
     def _members_from(self, state, z):
-        """x = μ + σ·B z for z (..., m, D) float64 (a leading run dim for batched runs)."""
+        """x = μ + σ·B z for z (..., m, D) (a leading run dim for batched runs), computed in
+        float64 and returned in the params' flat dtype."""
         ops = ops_for(z)
         mean, sigma, B, z_ = (ops.arr(t) for t in (state.mean, state.sigma, state.B, z))
         sz = sigma[..., None, None] * ops.f64(z_)
-        return ops.tensor(mean[..., None, :] + ops.each(_times_t, sz, B, runs=z.ndim > 2))
+        x = mean[..., None, :] + ops.each(_times_t, sz, B, runs=z.ndim > 2)
+        return ops.tensor(x, self.raveler.flat_dtype)
 
     def _tell(self, state, key, fitness):
         u = self._scores(fitness, "nes").double()  # (P,)
