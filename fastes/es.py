@@ -163,7 +163,7 @@ def _flat_estimate(
     # new pages each time (measured: a fresh 100 MB cat took 150 ms here). Elsewhere the sources
     # allocate (the CUDA caching allocator recycles; the perturb kernel returns its own tensor).
     pop = None
-    if theta.device.type == "cpu" and not torch.compiler.is_compiling():
+    if theta.is_cpu and not torch.compiler.is_compiling():
         pop = torch.empty(rows_per_chunk * per_row, D, dtype=theta.dtype, device=theta.device)
     fitness = None
     for r0 in range(r_lo, r_hi, rows_per_chunk):

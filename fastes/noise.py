@@ -141,7 +141,7 @@ def table_offsets(k: torch.Tensor, rows, dim: int, table_size: int) -> torch.Ten
     check_keys(k, "k") if batch else check_key(k)
     rows = _as_rows(rows, k.device)
     span = _offset_span(dim, table_size)
-    small = rows.numel() <= _LANES and k.device.type == "cpu" and not torch.compiler.is_compiling()
+    small = rows.numel() <= _LANES and k.is_cpu and not torch.compiler.is_compiling()
     if small and not batch:
         return torch.from_numpy(_small_offsets(key_words(k), rows.numpy(), span))
     zero = torch.zeros_like(rows)
@@ -200,7 +200,7 @@ def _tiled_weighted_sum(make_rows, rows: torch.Tensor, weights: torch.Tensor, di
     """Σ_j weights[j]·rows_j as (dim,) float32: ``make_rows(rows[s:e])`` ~4 MiB at a time, one
     matrix-vector product each (both noise sources sum in this order; the first tile's product
     is ``mv``, what ``zeros(dim).addmv_`` gives bit for bit)."""
-    tile = _TILE * 16 if weights.device.type == "cpu" else _TILE * 1024  # GPUs: 256 MiB tiles
+    tile = _TILE * 16 if weights.is_cpu else _TILE * 1024  # GPUs: 256 MiB tiles
     step = max(1, tile // max(dim, 1))
     out = None
     for s in range(0, rows.numel(), step):
@@ -339,7 +339,7 @@ class TableNoise(NamedTuple):
         t = self.table.values
         if torch.compiler.is_compiling():
             return self._gather(k, rows, dim)
-        if t.device.type != "cpu":  # no memo: its key lookup would read the key back (a sync)
+        if not t.is_cpu:  # no memo: its key lookup would read the key back (a sync)
             return torch.index_select(
                 t.unfold(0, dim, 1), 0, table_offsets(k, rows, dim, t.numel())
             )
@@ -369,7 +369,7 @@ class TableNoise(NamedTuple):
         if torch.compiler.is_compiling():
             eps = self._gather(k, rows, D)
             return _functional_members(theta, eps, sigma, antithetic), None
-        if D <= _GATHER_MAX_DIM or t.device.type != "cpu":  # GPUs: gathers, no per-row loop
+        if D <= _GATHER_MAX_DIM or not t.is_cpu:  # GPUs: gathers, no per-row loop
             eps = self.rows(k, rows, D)
             return _fill_members(theta, eps, sigma, antithetic, out), eps
         offsets = _offsets_memo(k, rows, D, t.numel()).tolist()
@@ -391,7 +391,7 @@ class TableNoise(NamedTuple):
             return weights.float() @ self._gather(k, rows, dim)
         rows = _as_rows(rows, k.device)
         t = self.table.values
-        if dim <= _GATHER_MAX_DIM or t.device.type != "cpu":  # the product the kept rows get
+        if dim <= _GATHER_MAX_DIM or not t.is_cpu:  # the product the kept rows get
             return _tiled_weighted_sum(lambda r: self.rows(k, r, dim), rows, weights, dim)
         out = torch.zeros(dim, dtype=torch.float32, device=t.device)
         offsets = _offsets_memo(k, rows, dim, t.numel()).tolist()

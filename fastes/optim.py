@@ -111,7 +111,7 @@ def _hyper(value: Any, name: str, high: float | None = None) -> float | torch.Te
             f"{name} given as a tensor must be a float tensor of shape (N,), one value per member "
             f"of a stacked population; got dtype {value.dtype} and shape {tuple(value.shape)}"
         )
-    if value.device.type == "cpu" and not torch.compiler.is_compiling():
+    if value.is_cpu and not torch.compiler.is_compiling():
         bad = ~torch.isfinite(value) | (value < 0)
         if high is not None:
             bad |= value >= high

@@ -49,7 +49,7 @@ def _small_cpu(*words) -> int:
         return 0
     if not all(isinstance(k, (int, torch.Tensor)) for k in words[4:]):
         return 0
-    if not all(w.device.type == "cpu" for w in tensors):
+    if not all(w.is_cpu for w in tensors):
         return 0
     n = math.prod(np.broadcast_shapes(*(tuple(w.shape) for w in tensors)))
     return n if n <= _SMALL else 0
@@ -207,7 +207,7 @@ def check_key(k: torch.Tensor, name: str = "key") -> torch.Tensor:
             f"{name} must be a key made by fastes.key(seed): an int64 tensor of shape (2,); "
             f"got {got}"
         )
-    if k.device.type == "cpu" and not torch.compiler.is_compiling():
+    if k.is_cpu and not torch.compiler.is_compiling():
         words = k.tolist()
         if not (0 <= words[0] <= MASK32 and 0 <= words[1] <= MASK32):
             raise ValueError(
@@ -238,7 +238,7 @@ def key_words(k: torch.Tensor):
     """The key's two uint32 words: Python ints for eager CPU code (cheap scalar operands, and
     the numpy path for small inputs), 0-d tensors on GPUs (no host sync) and inside
     ``torch.compile`` (a new key is data, not a recompile)."""
-    if k.device.type == "cpu" and not torch.compiler.is_compiling():
+    if k.is_cpu and not torch.compiler.is_compiling():
         k0, k1 = k.tolist()
         return k0, k1
     return k[0], k[1]
@@ -265,7 +265,7 @@ def check_keys(k: torch.Tensor, name: str = "keys") -> torch.Tensor:
             f"{name} must be a batch of keys, an int64 tensor of shape (R, 2) (e.g. "
             f"torch.stack([fastes.key(s) for s in seeds])); got {got}"
         )
-    if k.device.type == "cpu" and not torch.compiler.is_compiling():
+    if k.is_cpu and not torch.compiler.is_compiling():
         if bool(((k < 0) | (k > MASK32)).any()):
             raise ValueError(f"{name} words must be uint32 values in [0, 2**32)")
     return k
@@ -280,7 +280,7 @@ def split(k: torch.Tensor, num: int = 2) -> torch.Tensor:
     check_key(k)
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
         raise ValueError(f"num must be a positive int; got {num!r}")
-    if k.device.type == "cpu" and not torch.compiler.is_compiling() and num <= _LANES:
+    if k.is_cpu and not torch.compiler.is_compiling() and num <= _LANES:
         # The same counters as lanes of Python ints: ~15 µs against ~90 µs of tensor plumbing.
         w0, w1, _, _ = _philox_lanes(np.arange(num, dtype=np.uint64), 0, 0, TAG_SPLIT,
                                      *key_words(k))  # fmt: skip
@@ -302,9 +302,9 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
         check_keys(k, "k")
     else:
         check_key(k)
-    eager_cpu = k.ndim == 1 and k.device.type == "cpu" and not torch.compiler.is_compiling()
+    eager_cpu = k.ndim == 1 and k.is_cpu and not torch.compiler.is_compiling()
     if isinstance(data, torch.Tensor) and not (
-        eager_cpu and data.device.type == "cpu" and data.numel() == 1
+        eager_cpu and data.is_cpu and data.numel() == 1
         and not (data.is_floating_point() or data.is_complex())
     ):  # fmt: skip
         d = data.to(device=k.device, dtype=torch.int64).reshape(())

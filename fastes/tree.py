@@ -57,7 +57,7 @@ def host_view(t: torch.Tensor) -> torch.Tensor | np.ndarray:
     same expression gives the same bits on either; reductions, roots and transcendental
     functions stay torch's (their summation orders and approximations differ)."""
     if (
-        t.device.type != "cpu" or t.requires_grad or t.numel() > HOST_MAX
+        not t.is_cpu or t.requires_grad or t.numel() > HOST_MAX
         or torch.compiler.is_compiling()
     ):  # fmt: skip
         return t
@@ -88,6 +88,9 @@ class Raveler(NamedTuple):
     sizes: tuple[int, ...]
     device: torch.device
     flat_dtype: torch.dtype
+    # The keys of a flat dict of tensors (``dict(model.named_parameters())``, ``{"x": t}``):
+    # rebuilt directly, the same dict tree_unflatten makes at ~4x its cost. None otherwise.
+    dict_keys: tuple | None = None
 
     @property
     def dim(self) -> int:
@@ -115,6 +118,8 @@ class Raveler(NamedTuple):
             # reshape / to only where they change something (each a ~1 µs no-op call otherwise)
             p = p if p.shape == (*batch, *shape) else p.reshape((*batch, *shape))
             leaves.append(as_dtype(p, dtype))
+        if self.dict_keys is not None:
+            return dict(zip(self.dict_keys, leaves, strict=True))
         return pytree.tree_unflatten(leaves, self.spec)
 
 
@@ -150,6 +155,9 @@ def raveler(tree: Any, name: str = "params") -> Raveler:
         where = ", ".join(f"{name}{p} on {leaf.device}" for p, leaf in zip(paths(), leaves))
         raise ValueError(f"all leaves of {name} must be on one device; got {where}")
     flat_dtype = torch.float64 if any(x.dtype == torch.float64 for x in leaves) else torch.float32
+    keys = tuple(tree) if type(tree) is dict else None
+    if keys is not None and pytree.tree_structure(dict.fromkeys(keys, 0)) != spec:
+        keys = None  # nested: pytree rebuilds it
     return Raveler(
         spec=spec,
         shapes=tuple(leaf.shape for leaf in leaves),
@@ -157,6 +165,7 @@ def raveler(tree: Any, name: str = "params") -> Raveler:
         sizes=tuple(leaf.numel() for leaf in leaves),
         device=leaves[0].device,
         flat_dtype=flat_dtype,
+        dict_keys=keys,
     )
 
 

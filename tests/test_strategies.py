@@ -645,3 +645,23 @@ def test_numpy_and_torch_namespaces_compute_the_same_update(name, D, monkeypatch
             continue
         M = max(float(x.abs().max()), 1.0)
         assert float((x - y).abs().max()) <= 2 * n * n * u * M, field
+
+
+def test_pair_members_are_the_bits_of_center_plus_scale_times_signed_rows():
+    # A whole antithetic generation's members come from each noise row once: c + s·row and
+    # c − s·row, in numpy where small (fastes.tree.host_view), as tensors where large. Both
+    # must equal c + s·z with z = ±row (the general path) bit for bit: a float or per-coordinate
+    # scale, float32 and float64 centres, rows past HOST_MAX.
+    from fastes.strategies.base import _pair_members
+    from fastes.tree import HOST_MAX
+
+    g = torch.Generator().manual_seed(11)
+    for n, dim in ((8, 10), (3, 1), (2, HOST_MAX // 2 + 1)):
+        rows = torch.randn(n, dim, generator=g)
+        rows[0, : dim // 2] = 0.0
+        z = torch.stack([rows, -rows], 1).reshape(2 * n, dim)
+        for dtype in (torch.float32, torch.float64):
+            c = torch.randn(dim, generator=g, dtype=dtype)
+            for s in (0.1, 3e-5, torch.rand(dim, generator=g, dtype=dtype)):
+                got, want = _pair_members(c, s, rows), c + s * z
+                assert got.dtype == want.dtype and torch.equal(_bits(got), _bits(want))

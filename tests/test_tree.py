@@ -85,3 +85,20 @@ def test_host_view_only_for_small_eager_cpu_tensors_and_back_without_a_copy():
     assert back.data_ptr() == small.data_ptr() and from_host(small) is small
     big, grad = torch.zeros(HOST_MAX + 1), torch.zeros(3, requires_grad=True)
     assert host_view(big) is big and host_view(grad) is grad
+
+
+def test_flat_dicts_unravel_to_the_dict_pytree_would_build():
+    # A flat dict of tensors (the usual params) is rebuilt directly from its keys; nested
+    # dicts and other containers go through pytree. Either way: the same keys in the same
+    # order, the same structure.
+    for tree, direct in (
+        ({"b": torch.zeros(2), "a": torch.ones(2, 3)}, True),
+        ({"a": [torch.zeros(1)]}, False),
+        ({"a": {"b": torch.zeros(2)}}, False),
+        (OrderedDict(w=torch.zeros(2)), False),
+    ):
+        r = raveler(tree)
+        assert (r.dict_keys is not None) == direct
+        out = r.unravel(r.ravel(tree))
+        assert type(out) is type(tree) and list(out) == list(tree)
+        assert torch.utils._pytree.tree_structure(out) == r.spec

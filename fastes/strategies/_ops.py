@@ -43,7 +43,7 @@ def ops_for(x: torch.Tensor, separable: bool = False) -> Any:
     """The namespace for an update on tensors like ``x`` (its last dim is D); ``separable``:
     an update without eigendecompositions or D x D products (its own, higher bound)."""
     bound = NUMPY_MAX_DIM_SEPARABLE if separable else NUMPY_MAX_DIM
-    small = x.device.type == "cpu" and x.shape[-1] <= bound
+    small = x.is_cpu and x.shape[-1] <= bound
     return NumpyOps if small and not torch.compiler.is_compiling() else TorchOps
 
 

@@ -26,7 +26,7 @@ from .._validate import positive_int
 from ..schedules import resolve
 from ..shaping import shape_fitness
 from ..tree import from_host
-from .base import Strategy, _runs_weighted_sums, scheduled_sigma_members
+from .base import Strategy, _runs_weighted_sums, scheduled_sigma_form
 
 
 class ARSState(NamedTuple):
@@ -85,7 +85,7 @@ class ARS(Strategy):
         opt_state = () if self.optimizer is None else self.optimizer.init(mean)
         return ARSState(mean, count, z, z.clone(), self._counter(), opt_state)
 
-    _members_from = scheduled_sigma_members
+    _affine = scheduled_sigma_form
 
     def _tell(self, state, key, fitness):
         lr = self._step_size(state)

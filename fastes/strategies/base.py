@@ -46,7 +46,7 @@ from ..evaluate import evaluate_population
 from ..noise import TableNoise
 from ..prng import _LANES, check_key
 from ..shaping import _all_finite, _numpy_shortcut, _rank_weights_small, shape_fitness
-from ..tree import as_dtype, from_host, raveler
+from ..tree import as_dtype, from_host, host_view, raveler
 
 __all__ = ["Strategy"]
 
@@ -58,8 +58,8 @@ _SMALL_ORDER = 8192
 
 class Strategy:
     """Base class. Subclasses set ``name``, ``antithetic`` and implement ``init``, ``_tell``,
-    ``_members`` or ``_members_from`` (members from noise z, leading run dims allowed), and
-    (when the state has no ``mean`` field) ``mean``."""
+    ``_members_from`` (members from noise z, leading run dims allowed) or, for members
+    c + s·z, ``_affine`` (c and s), and (when the state has no ``mean`` field) ``mean``."""
 
     name = "base"
     antithetic = False
@@ -95,11 +95,28 @@ class Strategy:
 
     def _members(self, state, key: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Flat members (len(ids), D) for member indices ``ids``."""
+        if self.antithetic and self._whole_pairs(ids):
+            form = self._affine(state)
+            if form is not None:  # c ± s·row per pair, without z = ±rows in between
+                return _pair_members(*form, self._noise_rows(key, self._ids(0, ids.numel() // 2)))
         return self._members_from(state, self._z(key, ids))
 
+    def _affine(self, state) -> tuple[torch.Tensor, Any] | None:
+        """(c, s) where the members are c + s·z (s a tensor or a number, leading run dims of
+        the state allowed), or None for other forms (which implement :meth:`_members_from`)."""
+        return None
+
     def _members_from(self, state, z: torch.Tensor) -> torch.Tensor:
-        """Members from their standard-normal noise z (..., m, D)."""
-        raise NotImplementedError
+        """Members from their standard-normal noise z (..., m, D): c + s·z from
+        :meth:`_affine` (R runs: their (R, D) c and s against (R, m, D) noise)."""
+        form = self._affine(state)
+        if form is None:
+            raise NotImplementedError
+        c, s = form
+        if c.ndim > 1:  # R runs: (R, 1, D); one run's (D,) broadcasts as it is
+            c = c.unsqueeze(-2)
+            s = s.unsqueeze(-2) if isinstance(s, torch.Tensor) else s
+        return c + s * z
 
     def _tell(self, state, key: torch.Tensor, fitness: torch.Tensor):
         """The update from checked fitness (P,) or (P, K): ``(new_state, weights (P,))``, where
@@ -217,14 +234,18 @@ class Strategy:
             return True
         return torch.equal(ids, torch.arange(n, device=ids.device))
 
+    def _whole_pairs(self, ids: torch.Tensor) -> bool:
+        """Whether antithetic ``ids`` are whole pairs from member 0 on (a generation's members,
+        their rows small enough to keep for tell)."""
+        n = ids.numel()
+        return n % 2 == 0 and n * self.dim <= 2 * _MEMO_ELEMENTS and self._is_prefix(ids)
+
     def _z(self, key: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Standard-normal z for member ids (m, D), float32; antithetic pairs share rows (±)."""
         if not self.antithetic:
             return self._noise_rows(key, ids)
         n = ids.numel()
-        if (
-            n % 2 == 0 and n * self.dim <= 2 * _MEMO_ELEMENTS and self._is_prefix(ids)
-        ):  # a whole generation: rows 0..n/2−1, each for a pair (kept for tell); z, −z
+        if self._whole_pairs(ids):  # rows 0..n/2−1, each for a pair (kept for tell); z, −z
             rows = self._noise_rows(key, self._ids(0, n // 2))
             return torch.stack([rows, -rows], 1).reshape(n, self.dim)
         sign = (1 - 2 * (ids % 2)).to(torch.float32)[:, None]
@@ -234,7 +255,7 @@ class Strategy:
         """Rows 0..n−1 of ``key`` if :meth:`_noise_rows` kept them for a key with these words
         (eager CPU code), else None."""
         memo = self.__dict__.get("_rows_memo")
-        if memo is None or key.device.type != "cpu" or torch.compiler.is_compiling():
+        if memo is None or not key.is_cpu or torch.compiler.is_compiling():
             return None
         if memo[0] != tuple(key.tolist()) or memo[1].shape[0] < n:
             return None
@@ -246,7 +267,7 @@ class Strategy:
         rank order, in tell. The memo holds the key's two words (not the tensor's identity and
         version counter: inference-mode tensors have none), so another key recomputes; the rows
         are a pure function of (key, row), so reuse is exact."""
-        if key.device.type != "cpu" or torch.compiler.is_compiling():
+        if not key.is_cpu or torch.compiler.is_compiling():
             return self.noise.rows(key, rows, self.dim)
         words = tuple(key.tolist())  # the key was checked by the public method that got it
         memo = self.__dict__.get("_rows_memo")
@@ -314,7 +335,7 @@ class Strategy:
     def _order_runs(self, f: torch.Tensor) -> torch.Tensor:
         """Order of one objective along the last dim: (P,) for one run, (R, P) for R runs."""
         f = f if f.is_floating_point() else f.float()
-        small = f.ndim == 1 and f.numel() <= _SMALL_ORDER and f.device.type == "cpu"
+        small = f.ndim == 1 and f.numel() <= _SMALL_ORDER and f.is_cpu
         if small and f.dtype in (torch.float32, torch.float64):  # numpy has no bfloat16
             if not torch.compiler.is_compiling():  # numpy's stable sort: the same order
                 v = f.detach().numpy() if self.minimize else -f.detach().numpy()
@@ -402,20 +423,34 @@ class Strategy:
         return torch.stack([self._scores(row, method) for row in fitness])
 
 
-def diagonal_members(state, z: torch.Tensor) -> torch.Tensor:
-    """μ + σ ⊙ z for z (..., m, D), a leading run dim allowed: the members of the strategies
-    with a per-coordinate σ in their state (SNES, CEM, PGPE)."""
-    mean, sigma = state.mean, state.sigma
-    if mean.ndim > 1:  # R runs: (R, 1, D) against (R, m, D); one run's (D,) broadcasts as it is
-        mean, sigma = mean.unsqueeze(-2), sigma.unsqueeze(-2)
-    return mean + sigma * z
+def diagonal_form(state) -> tuple[torch.Tensor, torch.Tensor]:
+    """Members μ + σ ⊙ z: the :meth:`Strategy._affine` of the strategies with a per-coordinate
+    σ in their state (SNES, CEM, PGPE)."""
+    return state.mean, state.sigma
 
 
-def scheduled_sigma_members(self, state, z: torch.Tensor) -> torch.Tensor:
-    """θ + σ_t·z for z (..., m, D), a leading run dim allowed: the members of the strategies
-    whose σ is a schedule of the generation (OpenAI-ES, ARS)."""
-    mean = state.mean if state.mean.ndim == 1 else state.mean.unsqueeze(-2)
-    return mean + self.sigma(int(state.generation)) * z
+def scheduled_sigma_form(self, state) -> tuple[torch.Tensor, float]:
+    """Members θ + σ_t·z: the :meth:`Strategy._affine` of the strategies whose σ is a schedule
+    of the generation (OpenAI-ES, ARS)."""
+    return state.mean, self.sigma(int(state.generation))
+
+
+def _pair_members(c: torch.Tensor, s: Any, rows: torch.Tensor) -> torch.Tensor:
+    """Members c + s·row (2j) and c − s·row (2j + 1) of each noise row j: what c + s·z gives
+    for z = ±row bit for bit (s·(−r) is −(s·r), c + (−x) is c − x), in numpy on the host where
+    the rows are small (host_view: the same roundings, a few calls instead of z's stack, the
+    product and the sum as tensor ops)."""
+    n, dim = rows.shape
+    c_, r_ = host_view(c), host_view(rows)
+    s_ = host_view(s) if isinstance(s, torch.Tensor) else s
+    if isinstance(c_, np.ndarray) and isinstance(r_, np.ndarray) and not torch.is_tensor(s_):
+        sz = s_ * r_
+        out = np.empty((n, 2, dim), dtype=np.result_type(c_, sz))
+        np.add(c_, sz, out=out[:, 0])
+        np.subtract(c_, sz, out=out[:, 1])
+        return torch.from_numpy(out.reshape(2 * n, dim))
+    sz = s * rows
+    return torch.stack([c + sz, c - sz], 1).reshape(2 * n, dim)
 
 
 def _rows_weighted_sum(rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

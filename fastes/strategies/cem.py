@@ -16,7 +16,7 @@ import torch
 from .._validate import real
 from ..schedules import resolve
 from ..tree import host_view
-from .base import Strategy, diagonal_members
+from .base import Strategy, diagonal_form
 
 
 class CEMState(NamedTuple):
@@ -60,7 +60,7 @@ class CEM(Strategy):
         mean = self._flat_params(params)
         return CEMState(mean, torch.full_like(mean, self.sigma0), self._counter())
 
-    _members_from = staticmethod(diagonal_members)
+    _affine = staticmethod(diagonal_form)
 
     def _tell(self, state, key, fitness):
         elites = self._order(fitness)[: self.n_elite]

@@ -21,7 +21,7 @@ from ..es import _flat_estimate
 from ..prng import check_key
 from ..schedules import resolve
 from ..shaping import METHODS
-from .base import Strategy, _runs_weighted_sums, scheduled_sigma_members
+from .base import Strategy, _runs_weighted_sums, scheduled_sigma_form
 
 
 class OpenESState(NamedTuple):
@@ -74,7 +74,7 @@ class OpenES(Strategy):
         mean = self._flat_params(params)
         return OpenESState(mean, self.optimizer.init(mean), self._counter())
 
-    _members_from = scheduled_sigma_members
+    _affine = scheduled_sigma_form
 
     def _update(self, state, g) -> OpenESState:
         updates, opt_state = self.optimizer.update(g, state.opt_state, state.mean)

@@ -19,7 +19,7 @@ import torch
 from .. import optim
 from .._validate import real
 from ..tree import from_host, host_view
-from .base import Strategy, _runs_weighted_sums, diagonal_members
+from .base import Strategy, _runs_weighted_sums, diagonal_form
 
 
 class PGPEState(NamedTuple):
@@ -60,7 +60,7 @@ class PGPE(Strategy):
         sigma = torch.full_like(mean, self.sigma0)
         return PGPEState(mean, sigma, self.optimizer.init(mean), self._counter())
 
-    _members_from = staticmethod(diagonal_members)
+    _affine = staticmethod(diagonal_form)
 
     def _tell(self, state, key, fitness):
         f = self._scores(fitness)  # centered ranks, (P,)

@@ -19,7 +19,7 @@ import torch
 
 from .._validate import real
 from ..schedules import resolve
-from .base import Strategy, _runs_weighted_sums, diagonal_members
+from .base import Strategy, _runs_weighted_sums, diagonal_form
 
 
 class SNESState(NamedTuple):
@@ -65,7 +65,7 @@ class SNES(NESBase):
         mean = self._flat_params(params)
         return SNESState(mean, torch.full_like(mean, self.sigma0), self._counter())
 
-    _members_from = staticmethod(diagonal_members)
+    _affine = staticmethod(diagonal_form)
 
     def _tell(self, state, key, fitness):
         u = self._scores(fitness, "nes")
