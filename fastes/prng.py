@@ -100,10 +100,12 @@ def _philox_lane_ints(n: int, c0, c1, c2, c3, k0: int, k1: int, rounds: int = 10
     a, b, c, d = (w if isinstance(w, _Lanes) else w * ones if isinstance(w, int) else
                   int.from_bytes(np.ascontiguousarray(w, dtype="<u8").tobytes(), "little")
                   for w in (c0, c1, c2, c3))  # fmt: skip
-    for r0, r1 in _key_schedule(k0, k1, rounds):
+    r0, r1 = k0, k1  # the round keys, bumped as they go (a fresh key each call: no cache)
+    for _ in range(rounds):
         p0, p1 = a * _M0, c * _M1
         a, b, c, d = ((p1 >> 32) & low) ^ b ^ (r0 * ones), p1 & low, \
             ((p0 >> 32) & low) ^ d ^ (r1 * ones), p0 & low  # fmt: skip
+        r0, r1 = (r0 + _W0) & MASK32, (r1 + _W1) & MASK32
     return a, b, c, d
 
 

@@ -90,15 +90,15 @@ def _rank_weights_small(f: torch.Tensor, method: str, negate: bool = False) -> t
     path."""
     v = f.detach().numpy() if f.requires_grad else f.numpy()
     v = -v if negate else v  # exact, as torch's -f
-    order = np.argsort(v, axis=-1, kind="stable")  # ascending: position 0 is the worst
+    order = v.argsort(axis=-1, kind="stable")  # ascending: position 0 is the worst
     one = v.ndim == 1  # one run: plain indexing (take/put_along_axis cost ~5-10 µs each)
     s = v[order] if one else np.take_along_axis(v, order, -1)
-    # (ufunc reductions: the same tests as .all() / .any() without their Python wrappers)
-    if not np.logical_and.reduce(np.isfinite(s), axis=None) or np.logical_or.reduce(
-        s[..., 1:] == s[..., :-1], axis=None
-    ):
-        return None
+    # Sorted ascending with NaN last: finite and without ties iff its ends are finite and it
+    # rises strictly (ufunc reductions: no .all() wrappers)
     n = v.shape[-1]
+    ends_finite = np.logical_and.reduce(np.isfinite(s[..., :: n - 1]), axis=None)
+    if not ends_finite or not np.logical_and.reduce(s[..., 1:] > s[..., :-1], axis=None):
+        return None
     k = (n, method, v.dtype.str)
     if k not in _TABLES_NP:
         if len(_TABLES_NP) > 64:

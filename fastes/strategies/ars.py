@@ -131,7 +131,7 @@ class ARS(Strategy):
         r_plus, r_minus = v[0::2], v[1::2]
         # The b best directions by max(r⁺, r⁻), ties in index order (as a stable descending
         # sort). Finite: "raw" shaping clamps ±inf and fills NaN.
-        top = np.argsort(-np.maximum(r_plus, r_minus), kind="stable")[: self.top]
+        top = (-np.maximum(r_plus, r_minus)).argsort(kind="stable")[: self.top]
         r_plus, r_minus = r_plus[top], r_minus[top]
         sigma_r = _reward_std(np.concatenate([r_plus, r_minus]))
         half = np.zeros(self.population_size // 2, dtype=np.float32)

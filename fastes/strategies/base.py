@@ -340,7 +340,7 @@ class Strategy:
             if not torch.compiler.is_compiling():  # numpy's stable sort: the same order
                 v = f.detach().numpy() if self.minimize else -f.detach().numpy()
                 if not np.isnan(v).any():
-                    return torch.from_numpy(np.argsort(v, kind="stable"))
+                    return torch.from_numpy(v.argsort(kind="stable"))  # np.argsort's method
         nan = torch.isnan(f)
         if not torch.compiler.is_compiling() and bool(nan.all(-1).any()):
             raise ValueError(
