@@ -93,20 +93,37 @@ class _Lanes(int):
     64i..64i+63), e.g. row ids made once and reused; a plain int is one word shared by all."""
 
 
-def _philox_lane_ints(n: int, c0, c1, c2, c3, k0: int, k1: int, rounds: int = 10):
+def _philox_lane_ints(n: int, c0, c1, c2, c3, k0, k1, rounds: int = 10):
     """:func:`_philox_lanes`' rounds, returning the four words as lane-packed Python ints.
-    A word is a uint64 array of n values, a :class:`_Lanes`, or an int shared by all n."""
+    A word is a uint64 array of n values, a :class:`_Lanes`, or an int shared by all n. The key
+    words are ints (one key for every lane) or uint64 arrays of n values (a key per lane: the
+    offsets of R runs' rows at once, :func:`fastes.noise.table_offsets`)."""
     ones, low = _lane_masks(n)
     a, b, c, d = (w if isinstance(w, _Lanes) else w * ones if isinstance(w, int) else
-                  int.from_bytes(np.ascontiguousarray(w, dtype="<u8").tobytes(), "little")
-                  for w in (c0, c1, c2, c3))  # fmt: skip
-    r0, r1 = k0, k1  # the round keys, bumped as they go (a fresh key each call: no cache)
+                  _to_lanes(w) for w in (c0, c1, c2, c3))  # fmt: skip
+    if isinstance(k0, int) and isinstance(k1, int):
+        r0, r1 = k0, k1  # the round keys, bumped as they go (a fresh key each call: no cache)
+        for _ in range(rounds):
+            p0, p1 = a * _M0, c * _M1
+            a, b, c, d = ((p1 >> 32) & low) ^ b ^ (r0 * ones), p1 & low, \
+                ((p0 >> 32) & low) ^ d ^ (r1 * ones), p0 & low  # fmt: skip
+            r0, r1 = (r0 + _W0) & MASK32, (r1 + _W1) & MASK32
+        return a, b, c, d
+    # A key per lane: the round keys are lanes too (k + r·W < 2^36 stays inside each lane)
+    r0, r1 = (k if not isinstance(k, int) else k * ones for k in (k0, k1))
+    r0, r1 = (w if isinstance(w, int) else _to_lanes(w) for w in (r0, r1))
+    w0, w1 = _W0 * ones, _W1 * ones
     for _ in range(rounds):
         p0, p1 = a * _M0, c * _M1
-        a, b, c, d = ((p1 >> 32) & low) ^ b ^ (r0 * ones), p1 & low, \
-            ((p0 >> 32) & low) ^ d ^ (r1 * ones), p0 & low  # fmt: skip
-        r0, r1 = (r0 + _W0) & MASK32, (r1 + _W1) & MASK32
+        a, b, c, d = ((p1 >> 32) & low) ^ b ^ r0, p1 & low, \
+            ((p0 >> 32) & low) ^ d ^ r1, p0 & low  # fmt: skip
+        r0, r1 = (r0 + w0) & low, (r1 + w1) & low
     return a, b, c, d
+
+
+def _to_lanes(w: np.ndarray) -> int:
+    """A uint64 array as the 64-bit lanes of one Python int (value i in bits 64i..64i+63)."""
+    return int.from_bytes(np.ascontiguousarray(w, dtype="<u8").tobytes(), "little")
 
 
 @functools.lru_cache(maxsize=64)
@@ -268,7 +285,8 @@ def check_keys(k: torch.Tensor, name: str = "keys") -> torch.Tensor:
             f"torch.stack([fastes.key(s) for s in seeds])); got {got}"
         )
     if k.is_cpu and not torch.compiler.is_compiling():
-        if bool(((k < 0) | (k > MASK32)).any()):
+        w = k.numpy()  # numpy's min/max: ~2 µs against ~10 µs of four tensor ops
+        if np.minimum.reduce(w, axis=None) < 0 or np.maximum.reduce(w, axis=None) > MASK32:
             raise ValueError(f"{name} words must be uint32 values in [0, 2**32)")
     return k
 

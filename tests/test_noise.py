@@ -95,6 +95,21 @@ def test_table_offsets_of_a_few_rows_equal_the_vectorised_ones():
         _offsets_memo(k, rows[:2], 2**24 + 1, 2**24)
 
 
+def test_a_batch_of_keys_offsets_equal_each_key_alone():
+    # A batch of keys (BatchedRuns) takes Python-int lanes with a key per lane up to 4,096
+    # (key, row) pairs and numpy's uint64 arrays beyond; both must give each key's offsets alone.
+    from fastes.noise import table_offsets
+
+    g = torch.Generator().manual_seed(0)
+    cases = [(1, torch.arange(1)), (3, torch.randint(0, 2**40, (7,), generator=g))]
+    cases += [(64, torch.arange(10)), (17, torch.arange(200)), (300, torch.arange(13))]
+    for runs, rows in cases:
+        keys = torch.randint(0, 2**32, (runs, 2), generator=g, dtype=torch.int64)
+        for dim, size in ((10, 2**22), (1000, 2**22), (3, 50)):
+            alone = torch.stack([table_offsets(k, rows, dim, size) for k in keys])
+            assert torch.equal(table_offsets(keys, rows, dim, size), alone), (runs, dim)
+
+
 def test_table_rows_are_slices_at_key_derived_offsets():
     t = noise_table(size=5000, seed=0)
     k = fastes.key(8)
