@@ -665,3 +665,25 @@ def test_pair_members_are_the_bits_of_center_plus_scale_times_signed_rows():
             for s in (0.1, 3e-5, torch.rand(dim, generator=g, dtype=dtype)):
                 got, want = _pair_members(c, s, rows), c + s * z
                 assert got.dtype == want.dtype and torch.equal(_bits(got), _bits(want))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stats_count_the_nan_and_inf_fitness_of_the_generation(name):
+    # The counts come from shaping's own where tell shaped this fitness, else from the stats'
+    # check: either way, this generation's NaN and ±inf members.
+    s = make(name, TEMPLATE, minimize=True, mode="batched", **SMALL)
+    st = s.init(TEMPLATE)
+
+    def f_batch(p):  # (P,) for stacked members
+        return sum(((x.float() - 0.5) ** 2).flatten(1).sum(1) for x in fastes.tree.tree_leaves(p))
+
+    def fitness(p):
+        f = f_batch(p)
+        f[0], f[3], f[5] = math.nan, math.inf, -math.inf
+        return f
+
+    for t in range(2):
+        st, stats = s.step(st, fitness, fastes.fold_in(fastes.key(4), t))
+        assert (stats.nan_count, stats.inf_count) == (1, 2), name
+        _, clean = s.step(st, f_batch, fastes.fold_in(fastes.key(5), t))
+        assert (clean.nan_count, clean.inf_count) == (0, 0), name

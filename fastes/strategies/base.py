@@ -322,9 +322,10 @@ class Strategy:
 
     def _scores(self, fitness: torch.Tensor, method: str = "centered_ranks") -> torch.Tensor:
         """Shaped fitness (P,): larger is better, NaN last; multi-objective combined."""
-        w, _ = shape_fitness(
+        w, counts = shape_fitness(
             fitness, method, objective_weights=self.objective_weights, minimize=self.minimize
         )
+        self._shaped = (fitness, counts)  # its NaN / inf counts, for _stats of this fitness
         return w
 
     def _order(self, fitness: torch.Tensor) -> torch.Tensor:
@@ -379,6 +380,10 @@ class Strategy:
         return fitness if fitness.device == self.raveler.device else fitness.to(self.raveler.device)
 
     def _stats(self, fitness: torch.Tensor, weights: torch.Tensor) -> FitnessStats:
+        shaped = self.__dict__.get("_shaped")
+        if shaped is not None and shaped[0] is fitness:  # tell shaped it: its counts, as they are
+            self._shaped = None
+            return FitnessStats(fitness, weights, *shaped[1], self.minimize)
         nan = inf = 0
         if fitness.is_floating_point() and not _all_finite(fitness):
             nan, inf = int(torch.isnan(fitness).sum()), int(torch.isinf(fitness).sum())
