@@ -26,11 +26,10 @@ import array
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 
 from ._validate import real
-from .tree import as_dtype, from_host, host_view, tree_leaves, tree_map, tree_map_n
+from .tree import as_dtype, on_host, tree_leaves, tree_map, tree_map_n
 
 __all__ = [
     "GradientTransformation",
@@ -168,18 +167,6 @@ def _global_norm(tree: Any) -> float:
     return float(torch.sqrt(s))  # torch's float32 root (Sleef's: not always math.sqrt's)
 
 
-def _elementwise(fn: Callable, *xs: torch.Tensor, host: bool = True):
-    """``fn(*xs)`` (one value or a tuple) for elementwise arithmetic on tensors: in numpy on
-    the host where every x is small (:func:`fastes.tree.host_view`: the same roundings, a
-    fraction of the dispatch cost), else on the tensors. ``host=False``: always the tensors
-    (hyperparameters given as tensors, which numpy arrays do not mix with)."""
-    hs = tuple(map(host_view, xs)) if host else ()
-    if not hs or not all(isinstance(h, np.ndarray) for h in hs):
-        return fn(*xs)
-    out = fn(*hs)
-    return tuple(map(from_host, out)) if isinstance(out, tuple) else from_host(out)
-
-
 def _sqrt(x):
     """torch's square root of a tensor or of a host array (numpy's float32 root is correctly
     rounded and torch's is not always: the arithmetic around it may move to the host, the
@@ -253,7 +240,7 @@ def adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
             v = at(b2) * v + (1 - at(b2)) * g * g
             return m, v, at(lr) * (m / at(c1)) / (_sqrt(v / at(c2)) + at(eps))
 
-        leaf = lambda m, v, g: _elementwise(moments, m, v, g, host=scalars)  # noqa: E731
+        leaf = lambda m, v, g: on_host(moments, m, v, g, host=scalars)  # noqa: E731
 
         if isinstance(grad, torch.Tensor):  # a strategy's flat mean: one leaf
             mu, nu, step = leaf(state.mu, state.nu, grad)
@@ -286,11 +273,11 @@ def clipup(learning_rate, max_speed: float | None = None, beta: float = 0.9):
         # the correctly rounded float32 one), on the host instead of two dispatches
         scale = _round32(_round32(1.0 / g_norm) * _round32(lr)) if g_norm > 0 else 0.0
         step = lambda v, g: beta * v + scale * g  # noqa: E731
-        v = tree_map(lambda v, g: _elementwise(step, v, g), state.velocity, grad)
+        v = tree_map(lambda v, g: on_host(step, v, g), state.velocity, grad)
         v_norm = _global_norm(v)
         if v_norm > max_speed:
             cap = max_speed / v_norm
-            v = tree_map(lambda x: _elementwise(lambda y: y * cap, x), v)
+            v = tree_map(lambda x: on_host(lambda y: y * cap, x), v)
         return v, ClipUpState(v, state.count + 1)
 
     return GradientTransformation(init, update)

@@ -73,6 +73,19 @@ def from_host(x: torch.Tensor | np.ndarray, device: torch.device | None = None) 
     return t if device is None or device.type == "cpu" else t.to(device)
 
 
+def on_host(fn: Callable, *xs: torch.Tensor, host: bool = True) -> Any:
+    """``fn(*xs)`` (one value or a tuple) for arithmetic written once for tensors and numpy
+    arrays: in numpy on the host where every x has a :func:`host_view` (the same roundings, a
+    fraction of the dispatch cost), the results back as tensors; else on the tensors.
+    ``host=False``: always the tensors (e.g. hyperparameters given as tensors, which numpy
+    arrays do not mix with)."""
+    hs = tuple(map(host_view, xs)) if host else ()
+    if not hs or not all(isinstance(h, np.ndarray) for h in hs):
+        return fn(*xs)
+    out = fn(*hs)
+    return tuple(map(from_host, out)) if isinstance(out, tuple) else from_host(out)
+
+
 def as_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``x.to(dtype)``, without the call when x has that dtype already (a ~1 µs no-op dispatch
     that small-D generations make a dozen times)."""

@@ -265,7 +265,7 @@ def test_arithmetic_on_the_host_gives_the_bits_of_the_tensor_ops(make, monkeypat
         for e in (-3, 0, 2, -1, 1)
     ]
     host = _run(make(), params, grads)
-    monkeypatch.setattr(optim, "host_view", lambda t: t)
+    monkeypatch.setattr(fastes.tree, "host_view", lambda t: t)  # on_host's test of size
     tensors = _run(make(), params, grads)
     for a, b in zip(fastes.tree.tree_leaves(host), fastes.tree.tree_leaves(tensors), strict=True):
         assert a.dtype == b.dtype and torch.equal(a, b)

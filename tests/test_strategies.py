@@ -414,13 +414,14 @@ def test_kept_rows_product_is_the_bits_of_zeros_addmv():
 
 
 def test_pgpe_weights_worked_out_on_the_host_equal_the_tensor_ops(monkeypatch):
-    # PGPE's pair weights and σ update run in numpy on the host where they are small
-    # (host_view); off the host (GPUs) the same expressions run on the tensors. Both must give
-    # the same bits: forced here onto the tensors for comparison.
-    from fastes.strategies import pgpe
+    # PGPE's pair weights, σ update and members run in numpy on the host where they are small
+    # (fastes.tree.on_host, host_view); off the host (GPUs) the same expressions run on the
+    # tensors. Both must give the same bits: forced here onto the tensors for comparison.
+    from fastes.strategies import base
 
     host = _three_steps("pgpe", 4)
-    monkeypatch.setattr(pgpe, "host_view", lambda t: t)
+    monkeypatch.setattr(fastes.tree, "host_view", lambda t: t)
+    monkeypatch.setattr(base, "host_view", lambda t: t)
     assert _same(_three_steps("pgpe", 4), host)
 
 

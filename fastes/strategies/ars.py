@@ -91,9 +91,11 @@ class ARS(Strategy):
         lr = self._step_size(state)
         half = self._step_weights(fitness, lr)
         # Σ_top (r⁺ − r⁻) δ_j: each direction's weight is half − (−half), i.e. 2·half exactly
-        direction = self._z_weighted_sum(key, half + half, per_row=True).to(state.mean.dtype)
+        dev = self.raveler.device
+        direction = self._z_weighted_sum(key, from_host(half + half, dev), per_row=True)
+        direction = direction.to(state.mean.dtype)
         # Each member's weight: its coefficient of z_i in the update, per unit learning rate.
-        weights = from_host(_pairs(half / lr if lr else half), self.raveler.device)
+        weights = from_host(_pairs(half / lr if lr else half), dev)
         return self._apply(state, direction), weights
 
     def _check_runs(self) -> None:

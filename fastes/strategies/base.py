@@ -46,7 +46,7 @@ from ..evaluate import evaluate_population
 from ..noise import TableNoise
 from ..prng import _LANES, check_key
 from ..shaping import _all_finite, _numpy_shortcut, _rank_weights_small, shape_fitness
-from ..tree import as_dtype, from_host, host_view, raveler
+from ..tree import as_dtype, host_view, raveler
 
 __all__ = ["Strategy"]
 
@@ -288,12 +288,11 @@ class Strategy:
         return z
 
     def _z_weighted_sum(
-        self, key: torch.Tensor, weights: torch.Tensor | np.ndarray, *, per_row: bool = False
+        self, key: torch.Tensor, weights: torch.Tensor, *, per_row: bool = False
     ) -> torch.Tensor:
         """Σ_i weights[i]·z_i (D,) float32, regenerating z (folded over antithetic pairs).
-        ``per_row``: the weights are given per noise row (a pair's w⁺ − w⁻ already taken), as
-        a tensor or as a numpy array worked out on the host."""
-        w = as_dtype(from_host(weights, self.raveler.device), torch.float32)
+        ``per_row``: the weights are given per noise row (a pair's w⁺ − w⁻ already taken)."""
+        w = as_dtype(weights, torch.float32)
         if self.antithetic and not per_row:
             w = w[0::2] - w[1::2]
         rows = self._memo_rows(key, w.numel())
@@ -302,12 +301,11 @@ class Strategy:
         return self.noise.weighted_sum(key, self._ids(0, w.numel()), w, self.dim)
 
     def _z_sq_weighted_sum(
-        self, key: torch.Tensor, weights: torch.Tensor | np.ndarray, *, per_row: bool = False
+        self, key: torch.Tensor, weights: torch.Tensor, *, per_row: bool = False
     ) -> torch.Tensor:
         """Σ_i weights[i]·z_i² (D,) float32, regenerating z chunk by chunk. ``per_row``: the
-        weights are given per noise row (an antithetic pair's two members already summed), as
-        a tensor or a numpy array."""
-        w = as_dtype(from_host(weights, self.raveler.device), torch.float32)
+        weights are given per noise row (an antithetic pair's two members already summed)."""
+        w = as_dtype(weights, torch.float32)
         if self.antithetic and not per_row:
             w = w[0::2] + w[1::2]  # z² is the same for both members of a pair
         kept = self._memo_rows(key, w.numel())

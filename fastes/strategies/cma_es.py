@@ -118,9 +118,6 @@ class CMAES(Strategy):
         zd = z * D[..., None, :]
         return zd if self.separable else ops.each(_times_t, zd, B, runs=runs)
 
-    def _members(self, state, key, ids):
-        return self._members_from(state, self._z(key, ids))
-
     def _members_from(self, state, z):
         """x = m + σ·B D z for z (..., m, D) (a leading run dim for batched runs), computed in
         float64 and returned in the params' flat dtype."""

@@ -18,8 +18,15 @@ import torch
 
 from .. import optim
 from .._validate import real
-from ..tree import from_host, host_view
+from ..tree import on_host
 from .base import Strategy, _runs_weighted_sums, diagonal_form
+
+
+def _pair_weights(f, b):
+    """Per antithetic pair (tensors or host arrays): the fold of weights f/2, (f⁺ − f⁻)/2, which
+    gives Σ_j (f⁺−f⁻)/2 z_j, and (f⁺ + f⁻)/2 − b, the pair's weight of its z²."""
+    half = f / 2
+    return half[0::2] - half[1::2], (f[0::2] + f[1::2]) / 2 - b
 
 
 class PGPEState(NamedTuple):
@@ -64,12 +71,10 @@ class PGPE(Strategy):
 
     def _tell(self, state, key, fitness):
         f = self._scores(fitness)  # centered ranks, (P,)
-        v, b = host_view(f), f.mean()  # the pairs' weights on the host where f is small
-        half = v / 2  # Σ_j (f⁺−f⁻)/2 z_j: the antithetic fold of weights f/2
-        z_sum = self._z_weighted_sum(key, half[0::2] - half[1::2], per_row=True)
-        avg = (v[0::2] + v[1::2]) / 2 - (float(b) if v is not f else b)  # each pair's z² weight
+        fold, avg = on_host(_pair_weights, f, f.mean())  # on the host where f is small
+        z_sum = self._z_weighted_sum(key, fold, per_row=True)
         zsq_sum = self._z_sq_weighted_sum(key, avg, per_row=True)
-        return self._update(state, z_sum, zsq_sum, from_host(avg).sum()), f
+        return self._update(state, z_sum, zsq_sum, avg.sum()), f
 
     def _check_runs(self) -> None:
         hint = " (pgpe's default, ClipUp, normalises over the whole tree: pass optimizer="
@@ -87,15 +92,14 @@ class PGPE(Strategy):
 
     def _update(self, state, z_sum, zsq_sum, avg_sum):
         """The step from Σ (f⁺−f⁻)/2·z_j, Σ w_j z_j² and Σ avg_j (leading run dims allowed)."""
-        n = self.population_size // 2
-        # D numbers each: on the host where they are small (the same roundings, fewer dispatches)
-        s, z_sum, zsq_sum, avg_sum = map(host_view, (state.sigma, z_sum, zsq_sum, avg_sum))
-        grad_mean = s * z_sum / n
-        # (ε² − σ²)/σ = σ(z² − 1) with ε = σz.
-        grad_sigma = s * (zsq_sum - avg_sum) / n
-        sigma = s + self.stdev_lr * grad_sigma
-        xp = torch if isinstance(s, torch.Tensor) else np
-        sigma = xp.minimum(xp.maximum(sigma, s * (1 - self.max_change)), s * (1 + self.max_change))
-        grad_mean, sigma = from_host(grad_mean), from_host(sigma)
+        n, lr, c = self.population_size // 2, self.stdev_lr, self.max_change
+
+        def steps(s, z_sum, zsq_sum, avg_sum):  # D numbers each: on the host where small
+            # (ε² − σ²)/σ = σ(z² − 1) with ε = σz.
+            sigma = s + lr * (s * (zsq_sum - avg_sum) / n)
+            xp = np if isinstance(s, np.ndarray) else torch
+            return s * z_sum / n, xp.minimum(xp.maximum(sigma, s * (1 - c)), s * (1 + c))
+
+        grad_mean, sigma = on_host(steps, state.sigma, z_sum, zsq_sum, avg_sum)
         updates, opt_state = self.optimizer.update(grad_mean, state.opt_state, state.mean)
         return PGPEState(state.mean + updates, sigma, opt_state, state.generation + 1)

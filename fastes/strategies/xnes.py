@@ -52,9 +52,6 @@ class XNES(NESBase):
         sigma = torch.tensor(self.sigma0, dtype=torch.float64, device=mean.device)
         return XNESState(mean, sigma, eye, self._counter())
 
-    def _members(self, state, key, ids):
-        return self._members_from(state, self._z(key, ids))
-
     def _members_from(self, state, z):
         """x = μ + σ·B z for z (..., m, D) (a leading run dim for batched runs), computed in
         float64 and returned in the params' flat dtype."""
