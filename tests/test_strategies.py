@@ -413,16 +413,36 @@ def test_kept_rows_product_is_the_bits_of_zeros_addmv():
             assert torch.equal(_bits(_rows_weighted_sum(rows, w)), _bits(want)), (n, dim)
 
 
+@pytest.mark.parametrize(
+    "name", ["cma_es", "sep_cma_es", "xnes", "snes", "cem", "openai_es", "pgpe", "ars"]
+)
+def test_batched_runs_equal_the_runs_alone_with_float64_params(name):
+    # float64 params give float64 fitness and weights: SNES's and PGPE's runs subtracted their
+    # (R, 1) float64 weight sums from float32 z² sums in float64, where a run alone (a 0-d sum)
+    # computes in float32 — runs drifted from the runs alone by ~2e-8 until that was matched.
+    _batched_runs_equal_the_runs_alone(name, 6, torch.float64)
+
+
 def test_pgpe_weights_worked_out_on_the_host_equal_the_tensor_ops(monkeypatch):
     # PGPE's pair weights, σ update and members run in numpy on the host where they are small
     # (fastes.tree.on_host, host_view); off the host (GPUs) the same expressions run on the
     # tensors. Both must give the same bits: forced here onto the tensors for comparison.
     from fastes.strategies import base
 
-    host = _three_steps("pgpe", 4)
+    # float64 params too: float64 weights, where numpy and torch promote a 0-d operand apart
+    tree64 = {"x": torch.linspace(-1, 1, 7, dtype=torch.float64)}
+
+    def three_steps_64():
+        s = make("pgpe", tree64, minimize=True, mode="batched", **SMALL)
+        st = s.init(tree64)
+        for t in range(3):
+            st, _ = s.step(st, lambda p: ((p["x"] - 0.5) ** 2).sum(-1), fastes.key(t))
+        return st
+
+    host, host64 = _three_steps("pgpe", 4), three_steps_64()
     monkeypatch.setattr(fastes.tree, "host_view", lambda t: t)
     monkeypatch.setattr(base, "host_view", lambda t: t)
-    assert _same(_three_steps("pgpe", 4), host)
+    assert _same(_three_steps("pgpe", 4), host) and _same(three_steps_64(), host64)
 
 
 def _ars_step_weights_in_torch(s, fitness, lr):
@@ -512,11 +532,11 @@ def test_batched_runs_equal_the_runs_alone_in_the_torch_namespace(name, monkeypa
     _batched_runs_equal_the_runs_alone(name, 17)
 
 
-def _batched_runs_equal_the_runs_alone(name, dim):
+def _batched_runs_equal_the_runs_alone(name, dim, dtype=torch.float32):
     from fastes.strategies import BatchedRuns
 
-    R, x0 = 5, {"x": torch.zeros(dim)}
-    starts = {"x": torch.linspace(-1, 1, R)[:, None] + torch.arange(dim) / dim}  # one per run
+    R, x0 = 5, {"x": torch.zeros(dim, dtype=dtype)}
+    starts = {"x": (torch.linspace(-1, 1, R)[:, None] + torch.arange(dim) / dim).to(dtype)}
     kw = dict(optimizer=fastes.optim.adam(0.05)) if name == "pgpe" else {}  # not ClipUp
     s = make(name, x0, minimize=True, mode="batched", sigma=0.5, **kw)
     runs = BatchedRuns(s, R)

@@ -205,6 +205,8 @@ class NumpyOps:
         out = np.empty(o.shape, dtype=wn.dtype)
         if o.ndim == 1:
             out[o] = wn
+        elif o.ndim == 2:  # R runs: plain fancy indexing (put_along_axis's wrappers cost more)
+            out[np.arange(o.shape[0])[:, None], o] = wn
         else:
             np.put_along_axis(out, o, np.broadcast_to(wn, o.shape), -1)
         return torch.from_numpy(out)

@@ -107,8 +107,7 @@ class BatchedRuns:
 
     def _members(self, state, z: torch.Tensor, flat: bool = False) -> Any:
         """Members from the runs' noise z (R, λ, D): (R, λ, D), or the pytree of (R, λ, ...)."""
-        s = self.strategy
-        z = z.to(state.mean.dtype)  # float64 for the CMA family, as each run alone
+        s = self.strategy  # (each _members_from takes float32 z into its state's dtype)
         members = s._members_from(state, z).to(s.raveler.flat_dtype)
         if flat:
             return members

@@ -93,8 +93,8 @@ class OpenES(Strategy):
         """R runs' tell from their noise z (R, λ, D) (:class:`BatchedRuns`): each run's
         gradient as alone, one optimizer step over the run dim (elementwise optimizers only)."""
         sigma = self.sigma(int(state.generation))
-        w = self._runs_scores(fitness, self.shaping).to(torch.float32)
-        g = _runs_weighted_sums(z[:, 0::2], w[:, 0::2] - w[:, 1::2])  # the antithetic fold
+        w = self._runs_scores(fitness, self.shaping)  # folded in its dtype, then float32: as es
+        g = _runs_weighted_sums(z[:, 0::2], (w[:, 0::2] - w[:, 1::2]).to(torch.float32))
         return self._update(state, g.to(state.mean.dtype) / (self.population_size * sigma))
 
     def step(self, state, fitness_fn, key, fitness_args=()):

@@ -18,14 +18,15 @@ import torch
 
 from .. import optim
 from .._validate import real
-from ..tree import on_host
+from ..tree import as_dtype, on_host
 from .base import Strategy, _runs_weighted_sums, diagonal_form
 
 
-def _pair_weights(f, b):
-    """Per antithetic pair (tensors or host arrays): the fold of weights f/2, (f⁺ − f⁻)/2, which
-    gives Σ_j (f⁺−f⁻)/2 z_j, and (f⁺ + f⁻)/2 − b, the pair's weight of its z²."""
-    half = f / 2
+def _pair_weights(f, f32, b):
+    """Per antithetic pair (tensors or host arrays): the fold of weights f/2 in float32 (f32:
+    f in float32; halving is exact), (f⁺ − f⁻)/2, which gives Σ_j (f⁺−f⁻)/2 z_j, and
+    (f⁺ + f⁻)/2 − b in f's dtype, the pair's weight of its z²."""
+    half = f32 / 2
     return half[0::2] - half[1::2], (f[0::2] + f[1::2]) / 2 - b
 
 
@@ -71,7 +72,8 @@ class PGPE(Strategy):
 
     def _tell(self, state, key, fitness):
         f = self._scores(fitness)  # centered ranks, (P,)
-        fold, avg = on_host(_pair_weights, f, f.mean())  # on the host where f is small
+        f32 = as_dtype(f, torch.float32)
+        fold, avg = on_host(_pair_weights, f, f32, f.mean())  # on the host where f is small
         z_sum = self._z_weighted_sum(key, fold, per_row=True)
         zsq_sum = self._z_sq_weighted_sum(key, avg, per_row=True)
         return self._update(state, z_sum, zsq_sum, avg.sum()), f
@@ -100,6 +102,9 @@ class PGPE(Strategy):
             xp = np if isinstance(s, np.ndarray) else torch
             return s * z_sum / n, xp.minimum(xp.maximum(sigma, s * (1 - c)), s * (1 + c))
 
+        # Σ avg_j in the z² sums' float32 (a 0-d float64 would promote them on the host; a
+        # float32 tensor minus a 0-d tensor casts it so, and R runs' (R, 1) sums alike)
+        avg_sum = as_dtype(avg_sum, zsq_sum.dtype)
         grad_mean, sigma = on_host(steps, state.sigma, z_sum, zsq_sum, avg_sum)
         updates, opt_state = self.optimizer.update(grad_mean, state.opt_state, state.mean)
         return PGPEState(state.mean + updates, sigma, opt_state, state.generation + 1)

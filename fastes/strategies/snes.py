@@ -19,6 +19,7 @@ import torch
 
 from .._validate import real
 from ..schedules import resolve
+from ..tree import as_dtype
 from .base import Strategy, _runs_weighted_sums, diagonal_form
 
 
@@ -79,7 +80,8 @@ class SNES(NESBase):
         u = self._runs_scores(fitness, "nes")
         w = u.to(torch.float32)
         grad_mu = _runs_weighted_sums(z, w)
-        u_sum = torch.stack([ur.sum() for ur in u])[:, None]
+        # each run's Σu in float32, as a run alone's float32 sum minus its 0-d Σu computes it
+        u_sum = as_dtype(torch.stack([ur.sum() for ur in u])[:, None], torch.float32)
         return self._update(state, grad_mu, _runs_weighted_sums(z.square(), w) - u_sum)
 
     def _update(self, state, grad_mu, grad_sigma):
