@@ -78,7 +78,9 @@ def on_host(fn: Callable, *xs: torch.Tensor, host: bool = True) -> Any:
     arrays: in numpy on the host where every x has a :func:`host_view` (the same roundings, a
     fraction of the dispatch cost), the results back as tensors; else on the tensors.
     ``host=False``: always the tensors (e.g. hyperparameters given as tensors, which numpy
-    arrays do not mix with)."""
+    arrays do not mix with). Same bits on both sides for operands of one dtype and Python
+    numbers; not for a 0-d operand of a wider dtype (numpy promotes the result to it, torch
+    casts the 0-d operand down): cast it first."""
     hs = tuple(map(host_view, xs)) if host else ()
     if not hs or not all(isinstance(h, np.ndarray) for h in hs):
         return fn(*xs)
