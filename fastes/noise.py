@@ -45,6 +45,7 @@ from .normals import (
     uniform,
 )
 from .prng import (
+    _KEYED_LANES,
     _LANES,
     MASK32,
     TAG_OFFSET,
@@ -144,7 +145,7 @@ def table_offsets(k: torch.Tensor, rows, dim: int, table_size: int) -> torch.Ten
     small = rows.numel() <= _LANES and k.is_cpu and not torch.compiler.is_compiling()
     if small and not batch:
         return torch.from_numpy(_small_offsets(key_words(k), rows.numpy(), span))
-    if small and batch and k.shape[0] * rows.numel() <= _BATCH_LANES:
+    if small and batch and k.shape[0] * rows.numel() <= _KEYED_LANES:
         # R keys' rows as R·n lanes of one Python int, each lane with its key (64 runs x 10
         # rows: 0.12 ms against numpy's 0.24)
         kw = k.numpy().astype(np.uint64)
@@ -310,9 +311,6 @@ _GATHER_MAX_DIM = 2**14
 # the same table values either way). Measured, numpy / index_select µs: 160 elements 2.8 / 4.0,
 # 1,024 3.9 / 4.2, 1,600 4.4 / 4.2, 3,200 10.3 / 4.9.
 _NUMPY_GATHER = 1024
-# Up to this many (key, row) pairs a batch of CPU keys' table offsets run as lanes of one Python
-# int (beyond, numpy's uint64 arrays: the big-int operations grow with the lanes)
-_BATCH_LANES = 4096
 
 
 @functools.lru_cache(maxsize=16)

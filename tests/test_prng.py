@@ -41,8 +41,9 @@ def test_philox_matches_numpy_uint64_oracle_on_random_words(oracle, n):
 
 @pytest.mark.parametrize("runs,n", [(1, 5), (64, 10), (3, 700), (2, 2049)])
 def test_philox_with_a_batch_of_keys_matches_each_key_alone(oracle, runs, n):
-    # Keys as (R, 1) tensors against (n,) counters (BatchedRuns' table offsets): numpy's path up
-    # to 2048 outputs, torch's above; row r equals the oracle for key r.
+    # Keys as (R, 1) tensors against (n,) counters (BatchedRuns' table offsets): Python-int
+    # lanes with a key each up to 2048 outputs, torch's above; row r equals the oracle for key
+    # r.
     rng = np.random.default_rng(runs * n)
     c = rng.integers(0, 2**32, size=(4, n), dtype=np.uint64)
     k = rng.integers(0, 2**32, size=(runs, 2), dtype=np.uint64)
@@ -89,7 +90,14 @@ def test_split_and_fold_in_are_deterministic_and_distinct():
     # 64-bit data: the high word matters.
     assert not torch.equal(fastes.fold_in(k, 1), fastes.fold_in(k, 1 + 2**32))
     # An integer tensor (a step counter) takes the int route on the eager CPU; the tensor route
-    # (a batch of keys, or a GPU key) gives the same words, for any 64-bit value.
+    # (a batch of keys, or a GPU key) gives the same words, for any 64-bit value, and so does a
+    # batch of keys folded with an int (lanes with a key each), key by key.
+    g = torch.Generator().manual_seed(1)
+    for runs in (1, 2, 64, 300):
+        ks = torch.randint(0, 2**32, (runs, 2), generator=g, dtype=torch.int64)
+        for d in (0, 5, 2**40 + 3, -1, 2**63 - 1, -(2**63)):
+            alone = torch.stack([fastes.fold_in(kr, d) for kr in ks])
+            assert torch.equal(fastes.fold_in(ks, d), alone), (runs, d)
     for d in (0, 7, 2**32 + 1, -1, -(2**63), 2**63 - 1):
         one = fastes.fold_in(k, torch.tensor(d))
         assert one.dtype == torch.int64 and one.shape == (2,)
