@@ -49,6 +49,7 @@ from .prng import (
     _LANES,
     MASK32,
     TAG_OFFSET,
+    _batch_key_words,
     _from_lanes,
     _lane_masks,
     _Lanes,
@@ -148,10 +149,9 @@ def table_offsets(k: torch.Tensor, rows, dim: int, table_size: int) -> torch.Ten
     if small and batch and k.shape[0] * rows.numel() <= _KEYED_LANES:
         # R keys' rows as R·n lanes of one Python int, each lane with its key (64 runs x 10
         # rows: 0.12 ms against numpy's 0.24)
-        kw = k.numpy().astype(np.uint64)
-        R, n = kw.shape[0], rows.numel()
-        lanes = (np.tile(rows.numpy(), R), np.repeat(kw[:, 0], n), np.repeat(kw[:, 1], n))
-        return torch.from_numpy(_small_offsets(lanes[1:], lanes[0], span).reshape(R, n))
+        R, n = k.shape[0], rows.numel()
+        words = _batch_key_words(k, n)
+        return torch.from_numpy(_small_offsets(words, np.tile(rows.numpy(), R), span).reshape(R, n))
     zero = torch.zeros_like(rows)
     words = (k[:, :1], k[:, 1:]) if batch else key_words(k)  # a batch: (R, 1) against (rows,)
     w0, w1, _, _ = philox4x32(rows & MASK32, rows >> 32, zero, zero + TAG_OFFSET, *words)

@@ -38,8 +38,9 @@ TAG_OFFSET = 0x4F464653  # "OFFS"
 
 _SMALL = 2048  # below this many counters numpy's ~1 µs ops beat torch's ~3 µs dispatch (measured)
 _LANES = 256  # up to this many, all counters as lanes of one Python int (see _philox_lanes)
-# Up to this many counters with a key each (a batch of keys): lanes of one Python int too (beyond,
-# numpy's uint64 arrays: the big-int operations grow with the lanes)
+# Up to this many counters with a key each (R keys' rows in table_offsets): lanes of one Python
+# int too; beyond, philox4x32's route (the big-int operations grow with the lanes). philox4x32
+# itself takes keys given as tensors as lanes up to its _SMALL counters.
 _KEYED_LANES = 4096
 _TINY = 3  # below 4 counters, one Python-int Philox each (fold_in, split of a few keys)
 
@@ -62,8 +63,7 @@ def _philox4x32_python(c0, c1, c2, c3, k0, k1, rounds):
     """The same rounds on Python ints, for a handful of counters: a key derivation took ~80 µs
     through numpy's per-call overhead and takes ~10 µs this way (measured on the dev CPU); from
     4 counters on, all of them at once as lanes of one Python int (:func:`_philox_lanes`). Keys
-    given as tensors (a batch of keys, one per run) become lanes too, one key per counter (64
-    keys folded with a step: 0.19 ms through numpy, ~0.04 ms this way)."""
+    given as tensors (a batch of keys, one per run) become lanes too, one key per counter."""
     keyed = [k for k in (k0, k1) if isinstance(k, torch.Tensor)]
     shape = np.broadcast_shapes(*(tuple(w.shape) for w in (c0, c1, c2, c3, *keyed)))
     flat = lambda w: w.expand(shape).reshape(-1).numpy().astype(np.uint64)  # noqa: E731
@@ -155,16 +155,13 @@ def _philox_ints(a: int, b: int, c: int, d: int, k0: int, k1: int, rounds: int =
     return a, b, c, d
 
 
-def _philox4x32_numpy(c0, c1, c2, c3, k0, k1, rounds):
+def _philox4x32_numpy(c0, c1, c2, c3, k0: int, k1: int, rounds):
     """The same rounds in numpy uint64 (exact: products of uint32 values wrap mod 2^64 there
-    too, and shifts are logical), for a few hundred to 2048 counters of one key; keys given as
-    tensors broadcast against the counters as well (those up to 4096 lanes take the Python-int
-    lanes instead: 64 runs x 10 rows 0.16 ms there, 0.24 ms here, 0.7 ms as tensor ops)."""
-    words = (c0, c1, c2, c3) + tuple(k for k in (k0, k1) if isinstance(k, torch.Tensor))
-    shape = torch.broadcast_shapes(*(w.shape for w in words))
+    too, and shifts are logical), for a few hundred to 2048 counters of one key given as ints
+    (keys given as tensors take the Python-int lanes up to 2048 counters: :func:`philox4x32`)."""
+    shape = torch.broadcast_shapes(*(w.shape for w in (c0, c1, c2, c3)))
     c0, c1, c2, c3 = (w.expand(shape).numpy().astype(np.uint64) for w in (c0, c1, c2, c3))
-    k0, k1 = (np.uint64(k) if isinstance(k, int) else k.numpy().astype(np.uint64)
-              for k in (k0, k1))  # fmt: skip
+    k0, k1 = np.uint64(k0), np.uint64(k1)
     m0, m1, mask, s32 = np.uint64(_M0), np.uint64(_M1), np.uint64(MASK32), np.uint64(32)
     w0, w1 = np.uint64(_W0), np.uint64(_W1)
     for r in range(rounds):
@@ -198,10 +195,9 @@ def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = 10):
         ['0x6627e8d5', '0xe169c58d', '0xbc57ac4c', '0x9b00dbd8']
     """
     n = _small_cpu(c0, c1, c2, c3, k0, k1)
-    if n:
+    if n:  # up to _SMALL counters: lanes up to _LANES, or with a key per counter; numpy beyond
         int_keys = isinstance(k0, int) and isinstance(k1, int)
-        lanes = n <= (_LANES if int_keys else _KEYED_LANES)
-        small = _philox4x32_python if lanes else _philox4x32_numpy
+        small = _philox4x32_python if n <= _LANES or not int_keys else _philox4x32_numpy
         return small(c0, c1, c2, c3, k0, k1, rounds)
     for r in range(rounds):
         if r:
@@ -270,6 +266,16 @@ def key_words(k: torch.Tensor):
         k0, k1 = k.tolist()
         return k0, k1
     return k[0], k[1]
+
+
+def _batch_key_words(k: torch.Tensor, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two words of a batch of eager CPU keys (R, 2) as uint64 arrays, each key repeated
+    for n counters: a key per lane of R·n lanes (key i in lanes i·n..i·n + n − 1), for
+    :func:`_philox_lane_ints` without philox4x32's tensor plumbing (~140 µs for 64 keys)."""
+    kw = k.numpy().astype(np.uint64)
+    if n == 1:
+        return kw[:, 0], kw[:, 1]
+    return np.repeat(kw[:, 0], n), np.repeat(kw[:, 1], n)
 
 
 def _derive(k: torch.Tensor, c0, c1, tag: int) -> torch.Tensor:
@@ -350,9 +356,8 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
         if k.ndim == 2 and k.is_cpu and not torch.compiler.is_compiling():
             # A batch of keys: one counter, a key per lane (64 keys: ~30 µs against ~190 µs
             # through the tensor route)
-            kw, n = k.numpy().astype(np.uint64), k.shape[0]
-            lo, hi = u & MASK32, u >> 32
-            w0, w1, _, _ = _philox_lane_ints(n, lo, hi, 0, TAG_FOLD, kw[:, 0], kw[:, 1])
+            n, lo, hi = k.shape[0], u & MASK32, u >> 32
+            w0, w1, _, _ = _philox_lane_ints(n, lo, hi, 0, TAG_FOLD, *_batch_key_words(k, 1))
             words = np.stack([_from_lanes(w0, n), _from_lanes(w1, n)], -1)
             return torch.from_numpy(words.astype(np.int64))
         d = torch.tensor(u - (2**64 if u >= 2**63 else 0), device=k.device)

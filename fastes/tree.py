@@ -39,6 +39,11 @@ def tree_map(fn: Callable, tree: Any, *rest: Any) -> Any:
 # Up to this many elements an eager CPU tensor's arithmetic may run in numpy (host_view): torch's
 # elementwise grain size, below which its kernels run on one thread as numpy's do.
 HOST_MAX = 2**15
+# The dtypes a tensor's numpy view can have (numpy has no bfloat16 or float8)
+_NUMPY_DTYPES = frozenset({
+    torch.float16, torch.float32, torch.float64, torch.complex64, torch.complex128, torch.bool,
+    torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+})  # fmt: skip
 
 
 def tree_map_n(fn: Callable, n: int, tree: Any, *rest: Any) -> tuple:
@@ -55,10 +60,11 @@ def host_view(t: torch.Tensor) -> torch.Tensor | np.ndarray:
     ~0.1 µs against ~1.2 µs (measured on 16 values). numpy rounds +, −, ×, /, min, max on
     float32/float64 as torch does (IEEE; a Python number taken in the array's dtype), so the
     same expression gives the same bits on either; reductions, roots and transcendental
-    functions stay torch's (their summation orders and approximations differ)."""
+    functions stay torch's (their summation orders and approximations differ). A dtype numpy
+    lacks (bfloat16, float8) stays a tensor."""
     if (
         not t.is_cpu or t.requires_grad or t.numel() > HOST_MAX
-        or torch.compiler.is_compiling()
+        or t.dtype not in _NUMPY_DTYPES or torch.compiler.is_compiling()
     ):  # fmt: skip
         return t
     return t.numpy()

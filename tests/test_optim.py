@@ -1,5 +1,8 @@
 import io
+import math
+from fractions import Fraction
 
+import numpy as np
 import pytest
 import torch
 
@@ -249,23 +252,91 @@ def test_transformations_whose_step_spans_the_tree_are_not_elementwise():
 )
 def test_arithmetic_on_the_host_gives_the_bits_of_the_tensor_ops(make, monkeypatch):
     # Adam's and ClipUp's elementwise arithmetic runs in numpy for small leaves
-    # (fastes.tree.host_view; roots and norms stay torch's), as tensor ops for large ones and
+    # (fastes.tree.host_view; Adam's roots stay torch's), as tensor ops for large ones and
     # off the CPU. Forced onto the tensors here, the same steps must give the same bits:
-    # float32 and float64 leaves, a leaf past HOST_MAX, ClipUp's speed cap reached.
+    # float32 and float64 leaves, a leaf past HOST_MAX, ClipUp's speed cap reached. ClipUp's
+    # norms differ on the two sides by design (float64 on the host: see the next tests), so
+    # torch's stands in for the host's here: the elementwise arithmetic is what is compared.
     from fastes.tree import HOST_MAX
 
+    torch_norm = lambda leaves: optim._torch_norm([torch.as_tensor(x) for x in leaves])  # noqa: E731
+    monkeypatch.setattr(optim, "_leaves_norm", torch_norm)
+
     g = torch.Generator().manual_seed(5)
-    params = {
-        "w": torch.zeros(3, 4),
-        "b": torch.zeros(7, dtype=torch.float64),
-        "big": torch.zeros(HOST_MAX + 1),
-    }
-    grads = [
-        {k: torch.randn(v.shape, generator=g, dtype=v.dtype) * 10.0**e for k, v in params.items()}
-        for e in (-3, 0, 2, -1, 1)
-    ]
-    host = _run(make(), params, grads)
-    monkeypatch.setattr(fastes.tree, "host_view", lambda t: t)  # on_host's test of size
-    tensors = _run(make(), params, grads)
-    for a, b in zip(fastes.tree.tree_leaves(host), fastes.tree.tree_leaves(tensors), strict=True):
-        assert a.dtype == b.dtype and torch.equal(a, b)
+    params = {"w": torch.zeros(3, 4), "b": torch.zeros(7, dtype=torch.float64)}
+    for big in (False, True):  # ClipUp: all leaves on the host, or all tensors for one big
+        if big:
+            params["big"] = torch.zeros(HOST_MAX + 1)
+        grads = [
+            {k: torch.randn(v.shape, generator=g, dtype=v.dtype) * 10.0**e
+             for k, v in params.items()}
+            for e in (-3, 0, 2, -1, 1)
+        ]  # fmt: skip
+        host = _run(make(), params, grads)
+        with monkeypatch.context() as m:
+            m.setattr(fastes.tree, "host_view", lambda t: t)  # on_host's test of size
+            tensors = _run(make(), params, grads)
+        leaves = zip(fastes.tree.tree_leaves(host), fastes.tree.tree_leaves(tensors), strict=True)
+        for a, b in leaves:
+            assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def _exact_norm32(leaves) -> float:
+    """The float32 nearest the exact ‖leaves‖₂: the squares summed exactly (fractions), the
+    root to double precision (a double's sqrt of the exact sum rounded to double is within
+    1 ulp of double of the true root), then rounded to float32."""
+    total = sum(Fraction(float(x)) ** 2 for leaf in leaves for x in leaf.reshape(-1).tolist())
+    return optim._round32(math.sqrt(total))
+
+
+def test_global_norm_on_the_host_is_the_nearest_float32():
+    # Small eager CPU leaves: float64 on the host, rounded once. The float64 sum of n exact
+    # squares is within n·2^-53 of the exact sum, the root within half that plus 2^-53, so the
+    # float32 result is the float32 nearest the true norm unless the true norm lies within
+    # ~n·2^-53 relative of a float32 rounding boundary — at most 1 float32 ulp away then.
+    g = torch.Generator().manual_seed(11)
+    worst = 0
+    for trial in range(300):
+        sizes = [int(s) for s in torch.randint(1, 40, (int(torch.randint(1, 4, ())),), generator=g)]
+        scale = 10.0 ** int(torch.randint(-12, 12, (), generator=g))
+        leaves = [torch.randn(s, generator=g) * scale for s in sizes]
+        if trial % 3 == 0:
+            leaves.append(torch.randn(5, generator=g, dtype=torch.float64) * scale)
+        host = optim._leaves_norm(leaves)
+        exact = _exact_norm32(leaves)
+        ulp = float(np.spacing(np.float32(exact)))  # float32 spacing at the exact norm
+        worst = max(worst, abs(host - exact) / ulp)
+        assert abs(host - exact) <= ulp, (sizes, scale, host, exact)
+        # torch's float32 sum and root, the path of large leaves: within a few ulps as well
+        # ((n − 1)·2^-24 for the sum of n rounded squares, halved by the root, + 2 ulps)
+        n = sum(sizes) + (5 if trial % 3 == 0 else 0)
+        assert abs(optim._torch_norm(leaves) - exact) <= ((n - 1) / 2 + 2) * ulp
+    assert worst <= 1
+
+
+def test_clipup_steps_with_host_norms_stay_within_the_norms_bound():
+    # A first ClipUp step from rest is lr·ĝ/‖ĝ‖ elementwise: on the host and on the tensors it
+    # differs only through ‖ĝ‖, so leaf by leaf by the relative bound of the two norms above:
+    # (n − 1)/2 + 2 ulps for torch's, 1 for the host's, 2 more for lr/‖ĝ‖'s two roundings.
+    g = torch.Generator().manual_seed(3)
+    params = {"w": torch.zeros(3, 4), "b": torch.zeros(7)}
+    grad = {k: torch.randn(v.shape, generator=g) for k, v in params.items()}
+    opt = optim.clipup(0.05)
+    host, _ = opt.update(grad, opt.init(params), params)
+    tensors = optim._torch_norm(list(grad.values()))
+    n = 19
+    rel = ((n - 1) / 2 + 2 + 1 + 2) * 2.0**-24
+    for k in params:
+        expect = grad[k] * optim._round32(optim._round32(1.0 / tensors) * optim._round32(0.05))
+        torch.testing.assert_close(host[k], expect, rtol=rel, atol=0)
+    assert not torch.equal(host["w"], host["w"] * 0)  # a step was taken
+
+
+@pytest.mark.parametrize("make", [lambda: optim.adam(0.01), lambda: optim.clipup(0.05)])
+def test_bfloat16_leaves_take_the_tensor_ops(make):
+    # numpy has no bfloat16: such leaves stay tensors (host_view hands them back as they are)
+    params = {"w": torch.ones(4, dtype=torch.bfloat16), "b": torch.zeros(3)}
+    grads = [{"w": torch.full((4,), 0.5, dtype=torch.bfloat16), "b": torch.ones(3)}] * 2
+    new, _ = _run(make(), params, grads)
+    assert new["w"].dtype == torch.bfloat16 and bool((new["w"] > 1).all())
+    assert fastes.tree.host_view(params["w"]) is params["w"]
