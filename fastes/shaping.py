@@ -96,7 +96,10 @@ def _rank_weights_small(f: torch.Tensor, method: str, negate: bool = False) -> t
     # Sorted ascending with NaN last: finite and without ties iff its ends are finite and it
     # rises strictly (ufunc reductions: no .all() wrappers)
     n = v.shape[-1]
-    ends_finite = np.logical_and.reduce(np.isfinite(s[..., :: n - 1]), axis=None)
+    if one:  # two numbers: math's test (~0.1 µs against ~1.4 µs of numpy calls)
+        ends_finite = math.isfinite(s[0]) and math.isfinite(s[-1])
+    else:
+        ends_finite = np.logical_and.reduce(np.isfinite(s[..., :: n - 1]), axis=None)
     if not ends_finite or not np.logical_and.reduce(s[..., 1:] > s[..., :-1], axis=None):
         return None
     k = (n, method, v.dtype.str)

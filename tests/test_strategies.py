@@ -703,8 +703,15 @@ def test_stats_count_the_nan_and_inf_fitness_of_the_generation(name):
         f[0], f[3], f[5] = math.nan, math.inf, -math.inf
         return f
 
+    def infinite(p):  # ±inf without NaN: rank strategies sort it as it is
+        f = f_batch(p)
+        f[1], f[2] = math.inf, -math.inf
+        return f
+
     for t in range(2):
         st, stats = s.step(st, fitness, fastes.fold_in(fastes.key(4), t))
         assert (stats.nan_count, stats.inf_count) == (1, 2), name
         _, clean = s.step(st, f_batch, fastes.fold_in(fastes.key(5), t))
         assert (clean.nan_count, clean.inf_count) == (0, 0), name
+        _, inf = s.step(st, infinite, fastes.fold_in(fastes.key(6), t))
+        assert (inf.nan_count, inf.inf_count) == (0, 2), name

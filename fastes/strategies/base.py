@@ -45,7 +45,13 @@ from ..es import FitnessStats, default_chunk_size, resolve_noise
 from ..evaluate import evaluate_population
 from ..noise import TableNoise
 from ..prng import _LANES, check_key
-from ..shaping import _all_finite, _numpy_shortcut, _rank_weights_small, shape_fitness
+from ..shaping import (
+    ShapeStats,
+    _all_finite,
+    _numpy_shortcut,
+    _rank_weights_small,
+    shape_fitness,
+)
 from ..tree import as_dtype, host_view, raveler
 
 __all__ = ["Strategy"]
@@ -332,16 +338,21 @@ class Strategy:
         shaping's twenty: it is most of a small-D generation's fixed cost)."""
         if fitness.dim() == 2 and fitness.shape[1] > 1:
             return torch.argsort(self._scores(fitness), descending=True, stable=True)
-        return self._order_runs(fitness.reshape(-1))
+        return self._order_runs(fitness.reshape(-1), fitness)
 
-    def _order_runs(self, f: torch.Tensor) -> torch.Tensor:
-        """Order of one objective along the last dim: (P,) for one run, (R, P) for R runs."""
+    def _order_runs(self, f: torch.Tensor, fitness: torch.Tensor | None = None) -> torch.Tensor:
+        """Order of one objective along the last dim: (P,) for one run, (R, P) for R runs.
+        ``fitness``: the generation's fitness f was taken from; when the numpy path finds every
+        value finite, its NaN / inf counts (none) are kept for :meth:`_stats`."""
         f = f if f.is_floating_point() else f.float()
         small = f.ndim <= 2 and f.numel() <= _SMALL_ORDER and f.is_cpu
         if small and f.dtype in (torch.float32, torch.float64):  # numpy has no bfloat16
             if not torch.compiler.is_compiling():  # numpy's stable sort: the same order
                 v = f.detach().numpy() if self.minimize else -f.detach().numpy()
-                if not np.logical_or.reduce(np.isnan(v), axis=None):
+                finite = np.logical_and.reduce(np.isfinite(v), axis=None)
+                if finite or not np.logical_or.reduce(np.isnan(v), axis=None):
+                    if finite and fitness is not None:
+                        self._shaped = (fitness, ShapeStats(0, 0))
                     return torch.from_numpy(v.argsort(axis=-1, kind="stable"))
         nan = torch.isnan(f)
         if not torch.compiler.is_compiling() and bool(nan.all(-1).any()):

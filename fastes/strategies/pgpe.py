@@ -22,12 +22,15 @@ from ..tree import as_dtype, on_host
 from .base import Strategy, _runs_weighted_sums, diagonal_form
 
 
-def _pair_weights(f, f32, f_sum):
-    """Per antithetic pair (tensors or host arrays): the fold of weights f/2 in float32 (f32:
-    f in float32; halving is exact), (f⁺ − f⁻)/2, which gives Σ_j (f⁺−f⁻)/2 z_j, and
+def _pair_weights(f, f_sum):
+    """Per antithetic pair (tensors or host arrays): the fold of weights f/2 in float32
+    (halving is exact), (f⁺ − f⁻)/2, which gives Σ_j (f⁺−f⁻)/2 z_j, and
     (f⁺ + f⁻)/2 − b in f's dtype, the pair's weight of its z², with the baseline b = Σf / P
     (the bits of torch's mean on the CPU, its sum divided by P, for one dispatch fewer)."""
-    half = f32 / 2
+    if isinstance(f, np.ndarray):
+        half = f.astype(np.float32, copy=False) / 2
+    else:
+        half = as_dtype(f, torch.float32) / 2
     return half[0::2] - half[1::2], (f[0::2] + f[1::2]) / 2 - f_sum / len(f)
 
 
@@ -73,8 +76,7 @@ class PGPE(Strategy):
 
     def _tell(self, state, key, fitness):
         f = self._scores(fitness)  # centered ranks, (P,)
-        f32 = as_dtype(f, torch.float32)
-        fold, avg = on_host(_pair_weights, f, f32, f.sum())  # on the host where f is small
+        fold, avg = on_host(_pair_weights, f, f.sum())  # on the host where f is small
         z_sum = self._z_weighted_sum(key, fold, per_row=True)
         zsq_sum = self._z_sq_weighted_sum(key, avg, per_row=True)
         return self._update(state, z_sum, zsq_sum, avg.sum()), f
