@@ -43,7 +43,7 @@ from .noise import (
 )
 from .prng import _LANES, check_key, key_words
 from .shaping import METHODS, shape_fitness
-from .tree import Raveler, as_dtype, from_host, host_view, raveler
+from .tree import Raveler, as_dtype, from_host, host_view, on_host, raveler
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -167,16 +167,17 @@ def _flat_estimate(
         pop = torch.empty(rows_per_chunk * per_row, D, dtype=theta.dtype, device=theta.device)
     fitness = None
     for r0 in range(r_lo, r_hi, rows_per_chunk):
-        rows = torch.arange(r0, min(r0 + rows_per_chunk, r_hi), device=theta.device)
-        n = rows.numel() * per_row
+        n_chunk = min(r0 + rows_per_chunk, r_hi) - r0  # rows r0 .. r0 + n_chunk − 1
+        n = n_chunk * per_row
         buf = None if pop is None else pop if pop.shape[0] == n else pop[:n]
-        if r0 == 0 and pop is not None and rows.numel() <= _LANES \
+        if r0 == 0 and pop is not None and n_chunk <= _LANES \
                 and isinstance(source, TableNoise) and D <= _GATHER_MAX_DIM:  # fmt: skip
             # rows 0..n−1 of a checked CPU key: the table's rows without rows()' own key check
             # and offsets memo (this pass keeps them for the gradient)
-            eps = source.first_rows(key_words(key), rows.numel(), D)
+            eps = source.first_rows(key_words(key), n_chunk, D)
             members = _fill_members(theta, eps, sigma, antithetic, buf)
         else:
+            rows = torch.arange(r0, r0 + n_chunk, device=theta.device)
             members, eps = source.perturb(key, rows, theta, sigma, antithetic, buf)
         if cache and eps is not None:
             cached.append(eps)
@@ -215,7 +216,8 @@ def _flat_estimate(
         g = source.weighted_sum(key, rows, row_w[s_lo:s_hi], D)
     if partial:
         g = distributed.sum_in_rank_order(g, group)
-    g = as_dtype(g, theta.dtype) / (P * sigma)
+    # / Pσ on the host where small (a Python number divides in the array's dtype on both sides)
+    g = on_host(lambda x: x / (P * sigma), as_dtype(g, theta.dtype))
     stats = FitnessStats(fitness, weights, shape_stats.nan_count, shape_stats.inf_count, minimize)
     return g, stats
 
