@@ -166,5 +166,12 @@ def test_table_memo_is_bounded_and_clearable():
     assert len(noise._TABLES) == noise._MAX_TABLES
     assert (1000, 0, "cpu") not in noise._TABLES  # the oldest went first
     assert torch.equal(noise.noise_table(size=1000, seed=0).values, first)  # remade identically
+    # The rows' numpy views: one per (table, dim), bounded, the same rows as slicing the table
+    table = noise.noise_table(size=1000, seed=0)
+    for dim in range(1, noise._MAX_ROW_VIEWS + 4):
+        offsets = np.array([0, 1000 - dim, 7 % (1001 - dim)])
+        got = noise.TableNoise(table)._slices(offsets, dim)
+        assert torch.equal(got, torch.stack([table.values[o : o + dim] for o in offsets]))
+        assert len(noise._ROW_VIEWS) <= noise._MAX_ROW_VIEWS
     noise.clear_caches()
-    assert not noise._TABLES and not noise._LAST_OFFSETS
+    assert not noise._TABLES and not noise._LAST_OFFSETS and not noise._ROW_VIEWS
