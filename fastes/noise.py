@@ -326,9 +326,9 @@ def _row_view(t: torch.Tensor, dim: int) -> np.ndarray:
     """The rows [o, o + dim) of the CPU table ``t`` for every offset o, as one numpy view."""
     entry = _ROW_VIEWS.get((id(t), dim))
     if entry is None:
-        a = t.numpy()
+        a = t.numpy()  # 1-D; its stride steps both along a row and from row to row
         view = np.lib.stride_tricks.as_strided(
-            a, (a.size - dim + 1, dim), (a.itemsize, a.itemsize), writeable=False
+            a, (a.size - dim + 1, dim), (a.strides[0], a.strides[0]), writeable=False
         )
         if len(_ROW_VIEWS) >= _MAX_ROW_VIEWS:
             _ROW_VIEWS.clear()

@@ -173,5 +173,9 @@ def test_table_memo_is_bounded_and_clearable():
         got = noise.TableNoise(table)._slices(offsets, dim)
         assert torch.equal(got, torch.stack([table.values[o : o + dim] for o in offsets]))
         assert len(noise._ROW_VIEWS) <= noise._MAX_ROW_VIEWS
+    strided = noise.NoiseTable(table.values[::3], 0)  # a table given as a strided view
+    offsets = np.array([0, 5, 333 - 4])
+    got = noise.TableNoise(strided)._slices(offsets, 4)
+    assert torch.equal(got, torch.stack([strided.values[o : o + 4] for o in offsets]))
     noise.clear_caches()
     assert not noise._TABLES and not noise._LAST_OFFSETS and not noise._ROW_VIEWS
