@@ -330,6 +330,12 @@ def test_clipup_steps_with_host_norms_stay_within_the_norms_bound():
         expect = grad[k] * optim._round32(optim._round32(1.0 / tensors) * optim._round32(0.05))
         torch.testing.assert_close(host[k], expect, rtol=rel, atol=0)
     assert not torch.equal(host["w"], host["w"] * 0)  # a step was taken
+    # Gradients past float32's square root (~1.8e19): their float32 squares overflow, so the
+    # tensor path's ‖ĝ‖ is inf and the step drops ĝ; the float64 host norm keeps it (‖step‖ = lr)
+    huge = {k: g * 1e25 for k, g in grad.items()}
+    assert optim._torch_norm(list(huge.values())) == math.inf
+    step, _ = opt.update(huge, opt.init(params), params)
+    assert abs(optim._global_norm(step) - 0.05) <= 4 * 2.0**-24 * 0.05
 
 
 @pytest.mark.parametrize("make", [lambda: optim.adam(0.01), lambda: optim.clipup(0.05)])
