@@ -118,8 +118,7 @@ def _philox_lane_ints(n: int, c0, c1, c2, c3, k0, k1, rounds: int = 10):
             r0, r1 = (r0 + _W0) & MASK32, (r1 + _W1) & MASK32
         return a, b, c, d
     # A key per lane: the round keys are lanes too (k + r·W < 2^36 stays inside each lane)
-    r0, r1 = (k if not isinstance(k, int) else k * ones for k in (k0, k1))
-    r0, r1 = (w if isinstance(w, int) else _to_lanes(w) for w in (r0, r1))
+    r0, r1 = (k * ones if isinstance(k, int) else _to_lanes(k) for k in (k0, k1))
     w0, w1 = _W0 * ones, _W1 * ones
     for _ in range(rounds):
         p0, p1 = a * _M0, c * _M1
