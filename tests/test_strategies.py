@@ -423,11 +423,14 @@ def test_batched_runs_equal_the_runs_alone_with_float64_params(name):
     _batched_runs_equal_the_runs_alone(name, 6, torch.float64)
 
 
-def test_pgpe_weights_worked_out_on_the_host_equal_the_tensor_ops(monkeypatch):
-    # PGPE's pair weights, σ update and members run in numpy on the host where they are small
+def test_pgpe_steps_worked_out_on_the_host_equal_the_tensor_ops(monkeypatch):
+    # PGPE's σ step, gradient and members run in numpy on the host where they are small
     # (fastes.tree.on_host, host_view); off the host (GPUs) the same expressions run on the
-    # tensors. Both must give the same bits: forced here onto the tensors for comparison.
-    from fastes.strategies import base
+    # tensors, with the same bits. Forced here onto the tensors for comparison. The float64
+    # sums of kept rows (_pair_sums64) are BLAS products on either side, whose summation orders
+    # may differ (their accuracy on both sides is the next test's): the tensor run takes numpy's
+    # sums, so that everything else is compared bit for bit.
+    from fastes.strategies import base, pgpe
 
     # float64 params too: float64 weights, where numpy and torch promote a 0-d operand apart
     tree64 = {"x": torch.linspace(-1, 1, 7, dtype=torch.float64)}
@@ -440,9 +443,87 @@ def test_pgpe_weights_worked_out_on_the_host_equal_the_tensor_ops(monkeypatch):
         return st
 
     host, host64 = _three_steps("pgpe", 4), three_steps_64()
+    sums64, calls = pgpe._pair_sums64, []
+
+    def numpy_sums(rows, f):
+        calls.append(type(rows))
+        return tuple(map(torch.from_numpy, sums64(rows.numpy(), f.numpy())))
+
     monkeypatch.setattr(fastes.tree, "host_view", lambda t: t)
     monkeypatch.setattr(base, "host_view", lambda t: t)
+    monkeypatch.setattr(pgpe, "_pair_sums64", numpy_sums)
     assert _same(_three_steps("pgpe", 4), host) and _same(three_steps_64(), host64)
+    assert calls and set(calls) == {torch.Tensor}  # the tensor path ran
+
+
+@pytest.mark.parametrize("host", [True, False])
+def test_pgpe_sums_are_float64_sums_rounded_once(host):
+    # Σ (f⁺−f⁻)/2·z_j and Σ ((f⁺+f⁻)/2 − b)(z_j² − 1), b = Σf/P, accumulated in float64 and
+    # rounded once to float32, in numpy (host) or torch. Against the exact sums (fractions):
+    # each float64 operation rounds by at most u = 2^-53 of its result; the weights' rounding
+    # (the baseline's P−1 additions and division, the pair's sum and halving, the
+    # subtraction) is within (P+3)·u·M_j, M_j = |f⁺_j| + |f⁻_j| + Σ|f|/P, the products and
+    # z² − 1 within 2u, the n-term dot product within n·u of Σ|terms|: the float64 value is
+    # within γ·Σ_j M_j·|x_j| (γ = (n + P + 6)·u, x_j = z_j or z_j² + 1) of the exact sum, and
+    # the float32 result within that plus half its own float32 spacing.
+    from fractions import Fraction
+
+    from fastes.strategies.pgpe import _pair_sums64
+
+    rng = np.random.default_rng(5)
+    u = 2.0**-53
+    for trial in range(60):
+        P, D = 2 * int(rng.integers(1, 12)), int(rng.integers(1, 9))
+        n = P // 2
+        rows = rng.standard_normal((n, D)).astype(np.float32)
+        rows[rng.random((n, D)) < 0.2] = 0.0
+        rows[0, 0] = np.float32(1e-3)  # z² − 1 rounding in float64
+        dtype = np.float32 if trial % 2 else np.float64
+        if trial % 3:  # centered ranks
+            f = (rng.permutation(P) / (P - 1) - 0.5).astype(dtype)
+        else:  # raw float weights of any scale
+            f = (rng.standard_normal(P) * 10.0 ** rng.integers(-3, 4)).astype(dtype)
+        args = (rows, f) if host else (torch.from_numpy(rows), torch.from_numpy(f))
+        got = [np.asarray(x) for x in _pair_sums64(*args)]
+        assert all(g.dtype == np.float32 and g.shape == (D,) for g in got)
+        F = [Fraction(float(x)) for x in f]
+        b = sum(F) / P
+        fold = [(F[2 * j] - F[2 * j + 1]) / 2 for j in range(n)]
+        avg = [(F[2 * j] + F[2 * j + 1]) / 2 - b for j in range(n)]
+        M = [abs(F[2 * j]) + abs(F[2 * j + 1]) + sum(map(abs, F)) / P for j in range(n)]
+        gamma = (n + P + 6) * Fraction(u)
+        for d in range(D):
+            Z = [Fraction(float(rows[j, d])) for j in range(n)]
+            exact = (
+                sum(w * z for w, z in zip(fold, Z)),
+                sum(a * (z * z - 1) for a, z in zip(avg, Z)),
+            )
+            scale = (
+                sum(m * abs(z) for m, z in zip(M, Z)),
+                sum(m * (z * z + 1) for m, z in zip(M, Z)),
+            )
+            for g, e, s in zip((got[0][d], got[1][d]), exact, scale):
+                bound = gamma * s + Fraction(float(np.spacing(np.abs(g)))) / 2
+                assert abs(Fraction(float(g)) - e) <= bound, (trial, d, float(g), float(e))
+
+
+def test_pgpe_sums_of_stacked_runs_are_the_bits_of_each_run_alone():
+    # BatchedRuns' PGPE takes R runs' float64 sums in one stack of numpy matmuls: each run's
+    # slice must be the BLAS call of the run alone, over sizes around the vector widths, from
+    # strided rows (z[:, 0::2]) as BatchedRuns hands them over, and float64 fitness.
+    from fastes.strategies.pgpe import _pair_sums64
+
+    rng = np.random.default_rng(2)
+    for R in (1, 2, 3, 64):
+        for n in (1, 2, 3, 4, 5, 8, 9, 16, 17):
+            for D in (1, 2, 3, 4, 7, 8, 10, 17, 33):
+                z = rng.standard_normal((R, 2 * n, D)).astype(np.float32)
+                f = rng.standard_normal((R, 2 * n)).astype(np.float32 if D % 2 else np.float64)
+                stacked = _pair_sums64(z[:, 0::2], f)
+                for r in range(R):
+                    alone = _pair_sums64(np.ascontiguousarray(z[r, 0::2]), f[r].copy())
+                    for a, b in zip(alone, stacked, strict=True):
+                        assert a.tobytes() == b[r].tobytes(), (R, n, D, r)
 
 
 def _ars_step_weights_in_torch(s, fitness, lr):
