@@ -137,6 +137,7 @@ class PGPE(Strategy):
         return on_host(self._sigma_step, sigma, z_sum, zsq_sum)
 
     def _kept_rows_step(self, s, rows, f):
+        """:meth:`_sigma_step` from the float64 sums of rows (..., n, D) and f (..., P)."""
         return self._sigma_step(s, *_pair_sums64(rows, f))
 
     def _sigma_step(self, s, z_sum, zsq_sum):
