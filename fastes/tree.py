@@ -59,9 +59,12 @@ def host_view(t: torch.Tensor) -> torch.Tensor | np.ndarray:
     where a numpy operation costs ~0.6 µs against ~1.2-3 µs of torch dispatch and a slice
     ~0.1 µs against ~1.2 µs (measured on 16 values). numpy rounds +, −, ×, /, min, max on
     float32/float64 as torch does (IEEE; a Python number taken in the array's dtype), so the
-    same expression gives the same bits on either; reductions, roots and transcendental
-    functions stay torch's (their summation orders and approximations differ). A dtype numpy
-    lacks (bfloat16, float8) stays a tensor."""
+    same expression gives the same bits on either. Reductions, roots and transcendental
+    functions do not (their summation orders and approximations differ): code that needs the
+    same bits on both sides leaves them to torch, and those that run on either side anyway
+    (ClipUp's norms, PGPE's noise sums) sum in float64 and round once, so that both sides are
+    within a derived bound of the exact value. A dtype numpy lacks (bfloat16, float8) stays a
+    tensor."""
     if (
         not t.is_cpu or t.requires_grad or t.numel() > HOST_MAX
         or t.dtype not in _NUMPY_DTYPES or torch.compiler.is_compiling()
