@@ -28,7 +28,12 @@ def cpu_name() -> str:
 def environment(device: torch.device | str = "cpu") -> dict:
     """Device, versions, git SHA and date, recorded with every results file."""
     device = torch.device(device)
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    except OSError:  # no git on the machine (e.g. a lent GPU that gets a copy of the tree)
+        sha = ""
+    # A copy of the tree without .git (benchmarks/gpu_all.sh on a lent GPU) is told its commit.
+    sha = sha.strip() or os.environ.get("FASTES_GIT_SHA", "")
     env = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "cpu": cpu_name(),
@@ -36,7 +41,7 @@ def environment(device: torch.device | str = "cpu") -> dict:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
-        "git_sha": sha.strip(),
+        "git_sha": sha,
         "date": time.strftime("%Y-%m-%d"),
     }
     try:

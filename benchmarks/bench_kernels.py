@@ -47,7 +47,7 @@ def bandwidth(device, nbytes, reps):
     return write, copy
 
 
-def run(device, pops, dims, reps, fill_bytes):
+def run(device, pops, dims, reps, fill_bytes, gen_sizes=None):
     from fastes.kernels import noise, reduce
 
     key = fastes.key(0, device=device)
@@ -86,6 +86,7 @@ def run(device, pops, dims, reps, fill_bytes):
                 line += ", randn(P/2, D) does not fit in memory"
             res["reduction"].append(entry)
             print(line)
+    res["generation"] = generations(device, reps, gen_sizes)
     P, D = pops[0], dims[0]
     theta = torch.full((D,), 0.5, device=device)
 
@@ -107,6 +108,43 @@ def run(device, pops, dims, reps, fill_bytes):
     return res
 
 
+def generations(device, reps, sizes=None, chunks=(32, 64, 128, 256, 512, 1024)):
+    """One OpenAI-ES generation (sphere): ``es_step`` (default noise and chunking) vs the naive
+    randn + cat + matmul of es_generation.py on the same device, alternating; then ``es_step``
+    over evaluation chunk sizes (members per chunk) at the middle size, which is how
+    DEFAULT_CHUNK_BYTES_CUDA is chosen."""
+    from es_generation import fastes_generation, naive_generation, sphere
+
+    if sizes is None:
+        sizes = [(10**5, 256), (10**6, 1024), (10**7, 256)]
+    rows = []
+    for D, P in sizes:
+        theta = torch.full((D,), 0.5, device=device)
+        key = fastes.key(0, device=device)
+        mine = functools.partial(fastes_generation, theta, sphere, key, P)
+        row = {"D": D, "P": P, "fastes_s": timer(device, mine, reps)}
+        if fits(device, 3 * P * D * 4):
+            naive = functools.partial(naive_generation, theta, sphere, key, P)
+            row["naive_s"] = timer(device, naive, reps)
+            row["ratio"] = row["fastes_s"] / row["naive_s"]
+        line = f"generation D={D:>10,} P={P:>5}: fastes {row['fastes_s'] * 1e3:8.2f} ms"
+        if "naive_s" in row:
+            line += f", naive {row['naive_s'] * 1e3:8.2f} ms, fastes/naive {row['ratio']:.2f}"
+        print(line)
+        rows.append(row)
+    D, P = sizes[len(sizes) // 2]
+    theta, key = torch.full((D,), 0.5, device=device), fastes.key(0, device=device)
+    sweep = []
+    for c in chunks:
+        if c > P:
+            break
+        mine = functools.partial(fastes_generation, theta, sphere, key, P, chunk_size=c)
+        t = timer(device, mine, reps)
+        sweep.append({"D": D, "P": P, "chunk": c, "MiB": c * D * 4 / 2**20, "s": t})
+        print(f"  chunk {c:5d} ({c * D * 4 / 2**20:8.1f} MiB): {t * 1e3:8.2f} ms")
+    return {"vs_naive": rows, "chunk_sweep": sweep}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, any device (CI check)")
@@ -117,11 +155,13 @@ def main(argv=None):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if a.smoke:
         pops, dims, reps, fill = [4, 6], [100, 257], 1, 4 * 257 * 3
+        gen_sizes = [(100, 8), (257, 16)]
     else:
         if device.type != "cuda":
             raise SystemExit("bench_kernels.py needs a CUDA GPU (or --smoke for a code-path check)")
         pops, dims, reps, fill = [256, 1024, 4096], [10**5, 10**6, 10**7], a.reps, a.fill_bytes
-    res = {"env": environment(device), **run(device, pops, dims, reps, fill)}
+        gen_sizes = None
+    res = {"env": environment(device), **run(device, pops, dims, reps, fill, gen_sizes)}
     if a.out:
         write_json(a.out, res)
     return res

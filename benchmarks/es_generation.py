@@ -48,8 +48,8 @@ PROBLEMS = {"sphere": sphere, "rastrigin": rastrigin}
 
 
 def naive_generation(theta, fitness, key, P):
-    gen = torch.Generator().manual_seed(int(key[0]))
-    half = torch.randn(P // 2, theta.numel(), generator=gen)
+    gen = torch.Generator(device=theta.device).manual_seed(int(key[0]))
+    half = torch.randn(P // 2, theta.numel(), generator=gen, device=theta.device)
     eps = torch.cat([half, -half])  # (P, D)
     f = fitness(theta + SIGMA * eps)
     w = centered_ranks(f)

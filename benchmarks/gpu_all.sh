@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Everything a lent CUDA GPU should run, in one call (device time is scarce; each stage has its
+# own time limit so the whole call ends inside the device's 10-minute call and later stages still run when an
+# earlier one fails or hangs). Logs and result files go to $OUT (default /tmp/fastes_gpu).
+#
+#   FASTES_GIT_SHA=$(git rev-parse HEAD) bash benchmarks/gpu_all.sh [stage ...]
+#
+# Stages (default: all, in this order): env, tests, kernels, lowrank.
+#   env      nvidia-smi, versions, and an install of fastes (no deps, no network)
+#   tests    the GPU tests and the kernel tests on CUDA (tests/test_kernels*.py, -m gpu)
+#   kernels  benchmarks/bench_kernels.py  -> $OUT/kernels_gpu.json
+#   lowrank  benchmarks/lowrank_gpu.py    -> $OUT/lowrank_gpu.json
+set -u
+OUT=${OUT:-/tmp/fastes_gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+stages=${*:-env tests kernels lowrank}
+
+stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.log
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name (limit ${limit}s) ==="
+    local t0=$SECONDS
+    timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    tail -n 40 "$OUT/$name.log"
+    echo "=== $name: rc $rc in $((SECONDS - t0))s ==="
+}
+
+for s in $stages; do
+    case $s in
+    env)
+        { nvidia-smi; $PY -c "import torch, triton, numpy; print('torch', torch.__version__, \
+'cuda', torch.version.cuda, 'triton', triton.__version__, 'numpy', numpy.__version__, \
+torch.cuda.get_device_name())"; } 2>&1 | tee "$OUT/env.txt"
+        # fastes.kernels lives in kernels/ (pyproject's package-dir): an install maps it.
+        stage install 45 $PY -m pip install --no-deps --no-build-isolation --no-index -e .
+        if ! $PY -c "import fastes.kernels" 2>/dev/null; then  # fallback: map it by hand
+            ln -sfn ../kernels fastes/kernels
+            export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+            $PY -c "import fastes.kernels; print('fastes.kernels via a link')"
+        fi
+        ;;
+    tests)
+        stage tests 130 $PY -m pytest -q -p no:cacheprovider tests/test_kernels.py \
+            tests/test_kernels_gpu.py tests/test_kernels_lowrank.py tests/test_noise.py \
+            tests/test_prng.py
+        stage tests_marked 60 $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_pbt.py
+        ;;
+    kernels)
+        stage kernels 190 $PY benchmarks/bench_kernels.py --out "$OUT/kernels_gpu.json"
+        ;;
+    lowrank)
+        stage lowrank 140 $PY benchmarks/lowrank_gpu.py --out "$OUT/lowrank_gpu.json"
+        ;;
+    *) echo "unknown stage $s" ;;
+    esac
+done
