@@ -14,10 +14,10 @@ log + sqrt + cos + sin: it reads nothing but the two key words and the row index
 import triton
 import triton.language as tl
 
-TWO_POW_M24: tl.constexpr = 5.9604644775390625e-08  # 2^-24
+TWO_POW_M24 = tl.constexpr(5.9604644775390625e-08)  # 2^-24
 # 2π·2^-24 rounded to float32 (0x1.921fb6p-22), written exactly: the reference multiplies by the
 # same float32, so the angles v are bit-identical.
-TWO_PI_M24: tl.constexpr = 3.7450703871400037e-07
+TWO_PI_M24 = tl.constexpr(3.7450703871400037e-07)
 
 
 @triton.jit
