@@ -100,3 +100,18 @@ def timer(device: torch.device | str, fn, reps: int) -> float:
             fn()
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def graph_timer(fn, reps: int) -> float:
+    """Median seconds of replaying ``fn`` captured in a CUDA graph: the GPU's time for its work
+    without the host's per-launch overhead (which ``timer`` includes when it exceeds the GPU's)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture stream, as CUDA graphs require
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return timer("cuda", graph.replay, reps)

@@ -52,7 +52,7 @@ torch.cuda.get_device_name())"; } 2>&1 | tee "$OUT/env.txt"
         stage kernels 190 $PY benchmarks/bench_kernels.py --out "$OUT/kernels_gpu.json"
         ;;
     lowrank)
-        stage lowrank 140 $PY benchmarks/lowrank_gpu.py --out "$OUT/lowrank_gpu.json"
+        stage lowrank 150 $PY benchmarks/lowrank_gpu.py --out "$OUT/lowrank_gpu.json" --profile "$OUT"
         ;;
     *) echo "unknown stage $s" ;;
     esac

@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import environment, timer, write_json  # noqa: E402
+from _common import environment, graph_timer, timer, write_json  # noqa: E402
 
 import fastes  # noqa: E402
 from fastes.population import lowrank_linear  # noqa: E402
@@ -65,14 +65,23 @@ def run(m: int, n: int, P: int, rank: int, dtype, device: str, repeats: int) -> 
     for name, t in times.items():
         row[f"{name} s"] = t
         row[f"{name} ratio"] = base / t
+    if device == "cuda":  # the same calls replayed from a CUDA graph: the GPU's time alone
+        graphed = {}
+        for name, fn in cases.items():
+            try:
+                graphed[name] = graph_timer(fn, repeats)
+            except Exception as e:  # noqa: BLE001 — record why a case cannot be captured
+                row[f"{name} graph error"] = f"{type(e).__name__}: {e}"[:200]
+        for name, t in graphed.items():
+            row[f"{name} graph s"] = t
+            if "x @ W.T" in graphed:
+                row[f"{name} graph ratio"] = graphed["x @ W.T"] / t
     _print(row)
     return row
 
 
-def generation(width: int, P: int, B: int, rank: int, device: str, repeats: int) -> dict:
-    """One whole eggroll generation (SGD) on a 4-layer MLP against plain inference of the same
-    P·B inputs, with the population's linear layers on the PyTorch path and on the Triton kernel
-    (``FASTES_LOWRANK_KERNEL=0`` / ``1``; the kernel only runs on CUDA)."""
+def _mlp_generation(width: int, P: int, B: int, rank: int, device: str):
+    """(plain inference, one eggroll SGD generation) of a 4-layer MLP on P·B inputs."""
     torch.manual_seed(0)
     layers: list[torch.nn.Module] = []
     for i in range(4):
@@ -92,13 +101,20 @@ def generation(width: int, P: int, B: int, rank: int, device: str, repeats: int)
     def fitness(pop):
         return pop(x, in_dims=0).float().flatten(1).mean(1)
 
+    return plain, lambda: s.step(state, fitness, key)
+
+
+def generation(width: int, P: int, B: int, rank: int, device: str, repeats: int) -> dict:
+    """One whole eggroll generation (SGD) on a 4-layer MLP against plain inference of the same
+    P·B inputs, with the population's linear layers on the PyTorch path and on the Triton kernel
+    (``FASTES_LOWRANK_KERNEL=0`` / ``1``; the kernel only runs on CUDA)."""
+    plain, step = _mlp_generation(width, P, B, rank, device)
     times = {"plain": timer(device, plain, repeats)}
     before = os.environ.get("FASTES_LOWRANK_KERNEL")
     try:
         for flag in ("0", "1"):
             os.environ["FASTES_LOWRANK_KERNEL"] = flag
-            times[f"eggroll kernel={flag}"] = timer(device, lambda: s.step(state, fitness, key),
-                                                    repeats)  # fmt: skip
+            times[f"eggroll kernel={flag}"] = timer(device, step, repeats)
     finally:
         if before is None:
             os.environ.pop("FASTES_LOWRANK_KERNEL", None)
@@ -112,6 +128,27 @@ def generation(width: int, P: int, B: int, rank: int, device: str, repeats: int)
     return row
 
 
+def profile(width: int, P: int, B: int, path: str) -> None:
+    """torch.profiler tables (CUDA and host time per op) of three eggroll generations, to find
+    where a generation's time goes beyond the population's forward."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
+
+    _, step = _mlp_generation(width, P, B, 1, "cuda")
+    step()
+    torch.cuda.synchronize()
+    with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+    avg = p.key_averages()
+    with open(path, "w") as fh:
+        fh.write(f"eggroll generation, MLP 4x{width}, P = {P}, B = {B}, r = 1 (3 generations)\n")
+        fh.write(avg.table(sort_by="cuda_time_total", row_limit=30) + "\n")
+        fh.write(avg.table(sort_by="cpu_time_total", row_limit=40) + "\n")
+    print(f"profile written to {path}")
+
+
 def _print(row: dict) -> None:
     print(
         " | ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
@@ -123,6 +160,8 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, any device (CI check)")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--profile", default=None, metavar="DIR",
+                    help="also write profiles of one generation (P = 64, 1024) to DIR")  # fmt: skip
     a = ap.parse_args()
     if a.smoke:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -137,6 +176,9 @@ def main() -> None:
             run(4096, 4096, 1024, 1, torch.float32, "cuda", a.repeats),
         ]
         generations = [generation(4096, P, 8, 1, "cuda", a.repeats) for P in (64, 256, 1024)]
+        if a.profile:
+            for P in (64, 1024):
+                profile(4096, P, 8, os.path.join(a.profile, f"profile_eggroll_P{P}.txt"))
     if a.out:
         write_json(a.out, {"environment": environment("cuda" if not a.smoke else "cpu"),
                            "rows": rows, "generations": generations})  # fmt: skip

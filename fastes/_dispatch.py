@@ -8,7 +8,6 @@ here, and only once a CUDA tensor asks.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
@@ -20,9 +19,9 @@ def force_reference() -> bool:
     return os.environ.get("FASTES_FORCE_REFERENCE", "") not in ("", "0")
 
 
-@functools.cache
-def _triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
+# Whether triton is installed, looked up once at import (find_spec imports nothing). A module
+# constant, not a cached function: torch.compile refuses to trace importlib.util.find_spec.
+_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def lowrank_kernel(device: torch.device):
@@ -33,7 +32,7 @@ def lowrank_kernel(device: torch.device):
     (``benchmarks/lowrank_gpu.py``), so it is not the default anywhere."""
     if os.environ.get("FASTES_LOWRANK_KERNEL", "") in ("", "0"):
         return None
-    if device.type != "cuda" or force_reference() or not _triton_importable():
+    if device.type != "cuda" or force_reference() or not _TRITON:
         return None
     from fastes.kernels import lowrank
 
@@ -42,7 +41,7 @@ def lowrank_kernel(device: torch.device):
 
 def kernel_ops(device: torch.device):
     """The kernel ops (``fastes.kernels.ops``) for ``device``, or None for the reference."""
-    if device.type != "cuda" or force_reference() or not _triton_importable():
+    if device.type != "cuda" or force_reference() or not _TRITON:
         return None
     from fastes.kernels import ops
 

@@ -73,7 +73,8 @@ def _lowrank_linear_kernel(
         bmask = q_ok[:, None, None] & k_ok[None, :, None] & r_ok[None, None, :]
         kr = offs_k[None, :, None].to(tl.int64) * RANK + offs_r[None, None, :]
         if GENERATE:  # B[k, j] is element m·r + k·r + j of the member's row
-            e = M.to(tl.int64) * RANK + kr + tl.zeros((BLOCK_Q, 1, 1), dtype=tl.int64)
+            # (int64 zeros first: M may be specialized to the constant 1, which has no .to)
+            e = (tl.zeros((BLOCK_Q, 1, 1), dtype=tl.int64) + M) * RANK + kr
             bt = tl.where(bmask, _normal_at(seed, row[:, None, None], e), 0.0)
         else:
             bt = tl.load(bf_ptr + member[:, None, None] * N * RANK + kr, mask=bmask, other=0.0)

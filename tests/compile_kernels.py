@@ -56,10 +56,17 @@ def _compile_instead(self, *args, grid, warmup, **kwargs):
     missing = [n for n in names if n not in bound]
     if missing:
         raise TypeError(f"{self.fn.__name__}: launch leaves {missing} unset")
-    constexprs = {p.name: bound[p.name] for p in params if p.is_constexpr}
-    signature = {
-        p.name: "constexpr" if p.is_constexpr else _arg_type(p.name, bound[p.name]) for p in params
+    # Triton turns an int argument equal to 1 into a constant unless told not to specialize it
+    # (a kernel calling ``.to`` on such an argument compiles for 2 and fails for 1).
+    keep = set(getattr(self, "do_not_specialize", ()) or ())
+    const = {
+        p.name
+        for i, p in enumerate(params)
+        if p.is_constexpr
+        or (type(bound[p.name]) is int and bound[p.name] == 1 and not {i, p.name} & keep)
     }
+    constexprs = {n: bound[n] for n in names if n in const}
+    signature = {n: "constexpr" if n in const else _arg_type(n, bound[n]) for n in names}
     variant = ", ".join(f"{k}={v}" for k, v in constexprs.items())
     for target in TARGETS:
         t0 = time.perf_counter()
@@ -82,6 +89,9 @@ def main(full: bool) -> None:
     for antithetic in (True, False):
         perturb.philox_perturb(key, rows, torch.zeros(100), 0.1, antithetic)
     P, S, N, M = 4, 3, 37, 19
+    one = torch.ones(1, 1, 1)  # P = S = n = m = 1: every size argument a specialized constant
+    lowrank.lowrank_linear(one, one[0], None, one[0, 0], A=one, B=one)
+    lowrank.lowrank_linear(one, one[0], None, one[0, 0], key=key, rows=rows[:1], rank=1)
     # (dtype, rank, bias, regenerated): every branch of the kernel at least once; --all takes
     # the product (regenerating rank-3 factors takes about a minute per target to compile).
     if full:

@@ -92,7 +92,9 @@ def test_es_step_compiles_fullgraph_on_cuda_without_recompiling(compile_counter)
     backend, graphs = compile_counter
     params = {"w": torch.randn(1000, 100, device="cuda")}
     fit = lambda p: -(p["w"] ** 2).sum()
-    kw = dict(population_size=64, sigma=0.05, learning_rate=0.01)
+    # noise="philox": the kernels (noise="auto" at this D reads the table, which must be made
+    # before compiling; es_step says so)
+    kw = dict(population_size=64, sigma=0.05, learning_rate=0.01, noise="philox")
     step = torch.compile(lambda p, k: fastes.es_step(p, fit, k, **kw), backend=backend,
                          fullgraph=True)  # fmt: skip
     p = params

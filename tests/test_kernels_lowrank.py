@@ -119,9 +119,9 @@ def test_population_on_cuda_equals_cpu():
 
 
 def test_population_forward_through_the_kernel_equals_the_reference(monkeypatch):
-    # The opt-in dispatch (FASTES_LOWRANK_KERNEL=1 on CUDA) forced here onto CPU tensors, which
-    # the Triton interpreter runs: a population's linear layer goes through kernels/lowrank.py
-    # with the drawn factors (σ/√r and the sign folded into A).
+    # The opt-in dispatch (FASTES_LOWRANK_KERNEL=1 on CUDA) forced here — onto CPU tensors, which
+    # the Triton interpreter runs, where there is no GPU: a population's linear layer goes through
+    # kernels/lowrank.py with the drawn factors (σ/√r and the sign folded into A).
     from fastes.kernels import lowrank
 
     from fastes import _dispatch, population
@@ -129,16 +129,16 @@ def test_population_forward_through_the_kernel_equals_the_reference(monkeypatch)
     monkeypatch.setattr(_dispatch, "lowrank_kernel", lambda device: lowrank)
     monkeypatch.setattr(population, "_SMALL_OUTPUT", 0)  # the batching rule even when tiny
     torch.manual_seed(0)
-    net = torch.nn.Linear(37, 19)
+    net = torch.nn.Linear(37, 19).to(DEVICE)
     p = {k: v.detach() for k, v in net.named_parameters()}
     P, S = 4, 3
     s = fastes.strategies.make("eggroll", p, module=net, rank=2, sigma=0.1, population_size=P)
-    pop = s.ask_population(s.init(p), fastes.key(2))
-    x = torch.randn(P, S, 37, generator=torch.Generator().manual_seed(1))
+    pop = s.ask_population(s.init(p), fastes.key(2, device=DEVICE))
+    x = torch.randn(P, S, 37, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     got = pop(x, in_dims=0)
     A, B = pop._factors[""]  # the module itself is the low-rank layer: name ""
     b = pop._full["bias"]  # (P, 19): full-rank noise on the bias
-    want, terms = _reference(x, p["weight"], b, A, B, torch.ones(P))
+    want, terms = _reference(x, p["weight"], b, A, B, torch.ones(P, device=DEVICE))
     bound = (37 + 2 + 2) * 2**-24 * terms  # fp32 accumulation over n + r terms and the bias
     assert got.shape == (P, S, 19)
     assert torch.all((got.double() - want).abs() <= bound + 1e-12)
