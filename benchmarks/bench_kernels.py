@@ -109,7 +109,8 @@ def run(device, pops, dims, reps, fill_bytes, gen_sizes=None):
 
 
 def generations(device, reps, sizes=None, chunks=(32, 64, 128, 256, 512, 1024)):
-    """One OpenAI-ES generation (sphere): ``es_step`` (default noise and chunking) vs the naive
+    """One OpenAI-ES generation (sphere): ``es_step`` (default noise and chunking, and with
+    ``noise="philox"``: the perturb and fused-reduction kernels) vs the naive
     randn + cat + matmul of es_generation.py on the same device, alternating; then ``es_step``
     over evaluation chunk sizes (members per chunk) at the middle size, which is how
     DEFAULT_CHUNK_BYTES_CUDA is chosen."""
@@ -123,11 +124,14 @@ def generations(device, reps, sizes=None, chunks=(32, 64, 128, 256, 512, 1024)):
         key = fastes.key(0, device=device)
         mine = functools.partial(fastes_generation, theta, sphere, key, P)
         row = {"D": D, "P": P, "fastes_s": timer(device, mine, reps)}
+        philox = functools.partial(fastes_generation, theta, sphere, key, P, noise="philox")
+        row["fastes_philox_s"] = timer(device, philox, reps)
         if fits(device, 3 * P * D * 4):
             naive = functools.partial(naive_generation, theta, sphere, key, P)
             row["naive_s"] = timer(device, naive, reps)
             row["ratio"] = row["fastes_s"] / row["naive_s"]
         line = f"generation D={D:>10,} P={P:>5}: fastes {row['fastes_s'] * 1e3:8.2f} ms"
+        line += f" (noise='philox' {row['fastes_philox_s'] * 1e3:8.2f} ms)"
         if "naive_s" in row:
             line += f", naive {row['naive_s'] * 1e3:8.2f} ms, fastes/naive {row['ratio']:.2f}"
         print(line)

@@ -56,10 +56,10 @@ def naive_generation(theta, fitness, key, P):
     return theta + LR / (P * SIGMA) * (w @ eps)
 
 
-def fastes_generation(theta, fitness, key, P, chunk_size=None):
+def fastes_generation(theta, fitness, key, P, chunk_size=None, noise="auto"):
     return fastes.es_step(
         theta, fitness, key, population_size=P, sigma=SIGMA, learning_rate=LR,
-        chunk_size=chunk_size,
+        chunk_size=chunk_size, noise=noise,
     )  # fmt: skip
 
 

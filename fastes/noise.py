@@ -153,6 +153,9 @@ def table_offsets(k: torch.Tensor, rows, dim: int, table_size: int) -> torch.Ten
         R, n = k.shape[0], rows.numel()
         words = _batch_key_words(k, n)
         return torch.from_numpy(_small_offsets(words, np.tile(rows.numpy(), R), span).reshape(R, n))
+    ops = None if batch else _dispatch.kernel_ops(k.device)
+    if ops is not None:  # one launch, where the tensor ops below are ~150 tiny ones
+        return ops.table_offsets(k, rows, span)
     zero = torch.zeros_like(rows)
     words = (k[:, :1], k[:, 1:]) if batch else key_words(k)  # a batch: (R, 1) against (rows,)
     w0, w1, _, _ = philox4x32(rows & MASK32, rows >> 32, zero, zero + TAG_OFFSET, *words)

@@ -16,10 +16,11 @@ from torch import Tensor
 from fastes import noise as _ref
 
 from . import noise as _noise
+from . import offsets as _offsets
 from . import perturb as _perturb
 from . import reduce as _reduce
 
-__all__ = ["philox_normal_rows", "philox_weighted_sum", "philox_perturb"]
+__all__ = ["philox_normal_rows", "philox_weighted_sum", "philox_perturb", "table_offsets"]
 
 
 def _wrap(kernel):
@@ -46,6 +47,12 @@ def philox_perturb(
 ) -> Tensor:
     """Members θ ± σ·ε[rows[j]], (R or 2R, D) float32 (kernels/perturb.py)."""
     return _perturb.philox_perturb(key, rows, theta, sigma, antithetic, launch=_wrap)
+
+
+@torch.library.triton_op("fastes::table_offsets", mutates_args=())
+def table_offsets(key: Tensor, rows: Tensor, span: int) -> Tensor:
+    """(R,) int64 noise-table offsets in [0, span) of ``rows`` (kernels/offsets.py)."""
+    return _offsets.table_offsets(key, rows, span, launch=_wrap)
 
 
 @philox_normal_rows.register_kernel("cpu")
@@ -78,3 +85,13 @@ def _(key, rows, weights, dim):
 @philox_perturb.register_fake
 def _(key, rows, theta, sigma, antithetic):
     return theta.new_empty((rows.shape[0] * (2 if antithetic else 1), theta.shape[0]))
+
+
+@table_offsets.register_kernel("cpu")
+def _(key, rows, span):
+    return _ref.table_offsets(key, rows, 1, span)  # rows of 1 element: span offsets
+
+
+@table_offsets.register_fake
+def _(key, rows, span):
+    return torch.empty_like(rows)

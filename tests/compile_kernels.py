@@ -79,12 +79,13 @@ def _compile_instead(self, *args, grid, warmup, **kwargs):
 
 def main(full: bool) -> None:
     JITFunction.run = _compile_instead
-    from fastes.kernels import lowrank, noise, perturb, reduce
+    from fastes.kernels import lowrank, noise, offsets, perturb, reduce
 
     g = torch.Generator().manual_seed(0)
     key, rows = torch.tensor([1, 2]), torch.arange(3)
     noise.philox_normal_rows(key, rows, 100)
     noise.philox_uint32_rows(key, rows, 100)
+    offsets.table_offsets(key, rows, 2**26)
     reduce.philox_weighted_sum(key, rows, torch.randn(3, generator=g), 100)
     for antithetic in (True, False):
         perturb.philox_perturb(key, rows, torch.zeros(100), 0.1, antithetic)
