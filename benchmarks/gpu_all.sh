@@ -5,11 +5,13 @@
 #
 #   FASTES_GIT_SHA=$(git rev-parse HEAD) bash benchmarks/gpu_all.sh [stage ...]
 #
-# Stages (default: all, in this order): env, tests, kernels, lowrank.
+# Stages (default: env tests kernels lowrank; peers on request): env, tests, kernels, lowrank, peers.
 #   env      nvidia-smi, versions, and an install of fastes (no deps, no network)
 #   tests    the GPU tests and the kernel tests on CUDA (tests/test_kernels*.py, -m gpu)
 #   kernels  benchmarks/bench_kernels.py  -> $OUT/kernels_gpu.json
 #   lowrank  benchmarks/lowrank_gpu.py    -> $OUT/lowrank_gpu.json
+#   peers    benchmarks/peers/compare.py --device cuda -> $OUT/peers_gpu.json; the peers come as
+#            wheels in .whl/ (carried: evosax, its dotmap, evox; the image has jax, flax, optax)
 set -u
 OUT=${OUT:-/tmp/fastes_gpu}
 mkdir -p "$OUT"
@@ -52,6 +54,12 @@ torch.cuda.get_device_name())"; } 2>&1 | tee "$OUT/env.txt"
         ;;
     lowrank)
         stage lowrank 130 $PY benchmarks/lowrank_gpu.py --out "$OUT/lowrank_gpu.json" --profile "$OUT"
+        ;;
+    peers)
+        $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+        export XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX takes what it uses, like torch
+        stage peers 420 $PY benchmarks/peers/compare.py --device cuda --out "$OUT/peers_gpu.json"
         ;;
     *) echo "unknown stage $s" ;;
     esac

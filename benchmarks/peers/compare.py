@@ -24,6 +24,7 @@ Problems (all minimized by the peers, maximized as −f by fastes):
     pip install -e ".[peers]"
     python benchmarks/peers/compare.py --out benchmarks/results/peers_cpu.json
     python benchmarks/peers/compare.py --quick         # small sizes, whatever is installed
+    python benchmarks/peers/compare.py --device cuda --out benchmarks/results/peers_gpu.json
 """
 
 from __future__ import annotations
@@ -44,6 +45,15 @@ sys.path.insert(0, os.path.dirname(HERE))
 from _common import environment, peak_rss_growth, write_json  # noqa: E402
 
 SIGMA, LR = 0.02, 0.01
+# Where every library runs: "cpu", or "cuda" (--device; child processes read it from the
+# environment). On a GPU each step ends with the device's work finished, so wall-clock times are
+# the generation's.
+DEVICE = os.environ.get("FASTES_PEERS_DEVICE", "cpu")
+
+
+def _sync():
+    if DEVICE != "cpu":
+        torch.cuda.synchronize()
 
 
 def sphere_t(x):
@@ -66,7 +76,8 @@ def centered_ranks_t(f):
 
 
 def _start(x0, D):
-    return x0.clone().float() if isinstance(x0, torch.Tensor) else torch.full((D,), float(x0))
+    x = x0.clone().float() if isinstance(x0, torch.Tensor) else torch.full((D,), float(x0))
+    return x.to(DEVICE)
 
 
 class FastesRunner:
@@ -79,13 +90,14 @@ class FastesRunner:
         self.theta = _start(x0, D)
         f = fitness or TORCH_PROBLEMS[problem]
         self.fit = lambda x, *a: -f(x, *a)  # fastes maximizes
-        self.key, self.t, self.args = fastes.key(0), 0, args
+        self.key, self.t, self.args = fastes.key(0, device=DEVICE), 0, args
 
     def step(self):
         self.theta = self.fastes.es_step(
             self.theta, self.fit, self.fastes.fold_in(self.key, self.t), population_size=self.P,
             sigma=SIGMA, learning_rate=LR, fitness_args=self.args,
         )  # fmt: skip
+        _sync()
         self.t += 1
 
     def center(self):
@@ -101,13 +113,16 @@ class EvosaxRunner:
         import optax
         from evosax.algorithms import Open_ES
 
-        jax.config.update("jax_platforms", "cpu")
+        if DEVICE == "cpu":
+            jax.config.update("jax_platforms", "cpu")
         es = Open_ES(
             population_size=P, solution=jnp.zeros(D), use_antithetic_sampling=True,
             optimizer=optax.sgd(LR), std_schedule=optax.constant_schedule(SIGMA),
         )  # fmt: skip
         self.params = es.default_params
-        self.state = es.init(jax.random.key(0), jnp.asarray(_start(x0, D).numpy()), self.params)
+        self.state = es.init(
+            jax.random.key(0), jnp.asarray(_start(x0, D).cpu().numpy()), self.params
+        )
         if fitness is None:
             fitness = {
                 "sphere": lambda x: (x * x).sum(-1),
@@ -134,7 +149,7 @@ class EvosaxRunner:
     def center(self):
         import numpy as np
 
-        return torch.from_numpy(np.asarray(self.state.mean))
+        return torch.from_numpy(np.asarray(self.state.mean)).to(DEVICE)
 
 
 class EvoTorchRunner:
@@ -151,7 +166,7 @@ class EvoTorchRunner:
         self.args = args
         self.problem = Problem(
             "min", lambda x: f(x, *self.args), solution_length=D, initial_bounds=(-1, 1),
-            vectorized=True,
+            vectorized=True, device=DEVICE,
         )  # fmt: skip
         self.searcher = PGPE(
             self.problem, popsize=P, center_learning_rate=LR / SIGMA**2, stdev_learning_rate=0.0,
@@ -161,6 +176,7 @@ class EvoTorchRunner:
 
     def step(self):
         self.searcher.step()
+        _sync()
 
     def center(self):
         return self.searcher.status["center"].detach().clone()
@@ -191,6 +207,7 @@ class EvoXRunner:
 
     def step(self):
         self.wf.step()
+        _sync()
 
     def center(self):
         return self.algo.center.detach().clone()
@@ -408,9 +425,21 @@ def main(argv=None):
         help="what to measure; with --out, other sections already in the file are kept",
     )  # fmt: skip
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"],
+        help="run every library on this device (cuda: time only, larger sizes, one process each)",
+    )  # fmt: skip
     a = ap.parse_args(argv)
+    global DEVICE, ALTERNATE_MAX_ELEMENTS
+    DEVICE = os.environ["FASTES_PEERS_DEVICE"] = a.device
+    if DEVICE == "cuda":  # a fresh process per library: one that fails is reported, not fatal,
+        ALTERNATE_MAX_ELEMENTS = 0  # and JAX's preallocation leaves the others the GPU's memory
     libs = a.libs or available()
-    if a.quick:
+    if a.device == "cuda" and not a.quick:  # GPU sizes; RSS and the CPU neuro task do not apply
+        configs, reps, neuro_p, neuro_g = [(10**5, 256), (10**6, 1024), (10**7, 256)], a.reps, 0, 0
+        final_gens = lambda D: {10**5: 30}.get(D, reps + 2)
+        a.sections = [x for x in a.sections if x == "time"]
+    elif a.quick:
         configs, reps, neuro_p, neuro_g = [(1000, 16)], 2, 32, 3
         final_gens = lambda D: 5
     else:
@@ -428,7 +457,7 @@ def main(argv=None):
 
         with open(a.out) as fh:
             res = json.load(fh)
-    env = environment()
+    env = environment(DEVICE)
     # Which run measured each section (sections merged from an earlier run keep their env).
     env_of = res.get("env_of", {k: res["env"] for k in ("time", "memory", "neuro") if k in res})
     env_of.update({k: env for k in a.sections})
