@@ -28,12 +28,17 @@ def cpu_name() -> str:
 def environment(device: torch.device | str = "cpu") -> dict:
     """Device, versions, git SHA and date, recorded with every results file."""
     device = torch.device(device)
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    except OSError:  # no git on the machine (e.g. a lent GPU that gets a copy of the tree)
-        sha = ""
-    # A copy of the tree without .git (benchmarks/gpu_all.sh on a lent GPU) is told its commit.
-    sha = sha.strip() or os.environ.get("FASTES_GIT_SHA", "")
+    # A copy of the tree sent elsewhere (benchmarks/gpu_all.sh on a lent GPU) is told its commit:
+    # the copy's own .git, if any, can name an older one (it did on the first GPU runs).
+    sha = os.environ.get("FASTES_GIT_SHA", "")
+    if not sha:
+        try:
+            sha = subprocess.run(
+                ["git", "rev-parse", "HEAD"], capture_output=True, text=True
+            ).stdout
+        except OSError:  # no git on the machine
+            sha = ""
+    sha = sha.strip()
     env = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "cpu": cpu_name(),
