@@ -200,7 +200,7 @@ class EvoXRunner:
         self.args = args
         self.algo = OpenES(
             pop_size=P, center_init=_start(x0, D), learning_rate=LR, noise_stdev=SIGMA,
-            mirrored_sampling=True,
+            mirrored_sampling=True, device=torch.device(DEVICE),  # else torch's default device
         )  # fmt: skip
         self.wf = StdWorkflow(self.algo, Ranked())
         self.wf.init_step()
