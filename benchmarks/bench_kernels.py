@@ -149,12 +149,38 @@ def generations(device, reps, sizes=None, chunks=(32, 64, 128, 256, 512, 1024)):
     return {"vs_naive": rows, "chunk_sweep": sweep}
 
 
+def profile(device, path, D=10**5, P=256):
+    """torch.profiler tables (GPU and host time per op) of three ``es_step`` generations on
+    sphere with the default noise and with ``noise="philox"``: where an eager generation's time
+    goes when the host's launches, not the GPU, bound it."""
+    from es_generation import fastes_generation, sphere
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
+
+    theta, key = torch.full((D,), 0.5, device=device), fastes.key(0, device=device)
+    with open(path, "w") as fh:
+        for noise in ("auto", "philox"):
+            step = functools.partial(fastes_generation, theta, sphere, key, P, noise=noise)
+            step()
+            torch.cuda.synchronize()
+            with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+                for _ in range(3):
+                    step()
+                torch.cuda.synchronize()
+            avg = p.key_averages()
+            fh.write(f"es_step sphere D = {D}, P = {P}, noise = {noise!r} (3 generations)\n")
+            fh.write(avg.table(sort_by="cpu_time_total", row_limit=40) + "\n")
+    print(f"profile written to {path}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, any device (CI check)")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--fill-bytes", type=int, default=2**30)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--profile", default=None, metavar="FILE",
+                    help="also profile es_step at D = 1e5, P = 256 into FILE (CUDA)")  # fmt: skip
     a = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if a.smoke:
@@ -168,6 +194,8 @@ def main(argv=None):
     res = {"env": environment(device), **run(device, pops, dims, reps, fill, gen_sizes)}
     if a.out:
         write_json(a.out, res)
+    if a.profile and device.type == "cuda":
+        profile(device, a.profile)
     return res
 
 

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# Everything a lent CUDA GPU should run, in one call (device time is scarce; each stage has its
-# own time limit so the whole call ends inside the device's 10-minute call and later stages still run when an
-# earlier one fails or hangs). Logs and result files go to $OUT (default /tmp/fastes_gpu).
+# Everything a lent CUDA GPU should run, in one call (device time is scarce). Each stage has its
+# own time limit, so the default stages end inside the device's 10-minute call and a later stage
+# still runs when an earlier one fails or hangs. Logs and result files go to $OUT (default
+# /tmp/fastes_gpu): at most 8 files, the most the device tool returns.
 #
 #   FASTES_GIT_SHA=$(git rev-parse HEAD) bash benchmarks/gpu_all.sh [stage ...]
 #
-# Stages (default: env tests kernels lowrank; peers on request): env, tests, kernels, lowrank, peers.
-#   env      nvidia-smi, versions, and an install of fastes (no deps, no network)
-#   tests    the GPU tests and the kernel tests on CUDA (tests/test_kernels*.py, -m gpu)
-#   kernels  benchmarks/bench_kernels.py  -> $OUT/kernels_gpu.json
-#   lowrank  benchmarks/lowrank_gpu.py    -> $OUT/lowrank_gpu.json
-#   peers    benchmarks/peers/compare.py --device cuda -> $OUT/peers_gpu.json; the peers come as
-#            wheels in .whl/ (carried: evosax, its dotmap, evox; the image has jax, flax, optax)
+# Stages (default: env tests kernels lowrank, ~7 minutes on an H100; peers on its own call):
+#   env      nvidia-smi, versions, and an install of fastes (no deps, no network) -> env.txt
+#   tests    the kernel tests on CUDA and every GPU test (tests/test_kernels*.py, ...) -> tests.log
+#   kernels  benchmarks/bench_kernels.py -> kernels_gpu.json, kernels.log, profile_es_step.txt
+#   lowrank  benchmarks/lowrank_gpu.py -> lowrank_gpu.json, lowrank.log,
+#            profile_eggroll_P1024.txt
+#   peers    benchmarks/peers/compare.py --device cuda -> peers_gpu.json, peers.log; the peers
+#            come as wheels in .whl/ (carried: evosax, its dotmap, evox; the image has jax,
+#            flax, optax; EvoTorch needs ray, which it has not)
 set -u
 OUT=${OUT:-/tmp/fastes_gpu}
 mkdir -p "$OUT"
@@ -37,7 +40,9 @@ for s in $stages; do
 'cuda', torch.version.cuda, 'triton', triton.__version__, 'numpy', numpy.__version__, \
 torch.cuda.get_device_name())"; } 2>&1 | tee "$OUT/env.txt"
         # fastes.kernels lives in kernels/ (pyproject's package-dir): an install maps it.
-        stage install 20 $PY -m pip install --no-deps --no-build-isolation --no-index -e .
+        # (its log joins env.txt: the device returns at most 8 files)
+        timeout 60 $PY -m pip install -q --no-deps --no-build-isolation --no-index -e . \
+            >>"$OUT/env.txt" 2>&1 && echo "fastes installed (editable)"
         if ! $PY -c "import fastes.kernels" 2>/dev/null; then  # fallback: map it by hand
             ln -sfn ../kernels fastes/kernels
             export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -50,7 +55,8 @@ torch.cuda.get_device_name())"; } 2>&1 | tee "$OUT/env.txt"
             tests/test_prng.py tests/test_pbt.py::test_vectorized_pbt_on_cuda_matches_the_cpu_run
         ;;
     kernels)
-        stage kernels 150 $PY benchmarks/bench_kernels.py --out "$OUT/kernels_gpu.json"
+        stage kernels 150 $PY benchmarks/bench_kernels.py --out "$OUT/kernels_gpu.json" \
+            --profile "$OUT/profile_es_step.txt"
         ;;
     lowrank)
         stage lowrank 130 $PY benchmarks/lowrank_gpu.py --out "$OUT/lowrank_gpu.json" --profile "$OUT"
