@@ -12,7 +12,8 @@
 #   kernels  benchmarks/bench_kernels.py -> kernels_gpu.json, kernels.log, profile_es_step.txt
 #   lowrank  benchmarks/lowrank_gpu.py -> lowrank_gpu.json, lowrank.log,
 #            profile_eggroll_P1024.txt
-#   peers    benchmarks/peers/compare.py --device cuda -> peers_gpu.json, peers.log; the peers
+#   peers    benchmarks/peers/compare.py --device cuda (fastes eager and under torch.compile)
+#            -> peers_gpu.json, peers.log, ~9 minutes: a call of its own; the peers
 #            come as wheels in .whl/ (carried: evosax, its dotmap, evox; the image has jax,
 #            flax, optax; EvoTorch needs ray, which it has not)
 set -u
@@ -65,7 +66,7 @@ torch.cuda.get_device_name())"; } 2>&1 | tee "$OUT/env.txt"
         $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
         export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
         export XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX takes what it uses, like torch
-        stage peers 420 $PY benchmarks/peers/compare.py --device cuda --out "$OUT/peers_gpu.json"
+        stage peers 540 $PY benchmarks/peers/compare.py --device cuda --out "$OUT/peers_gpu.json"
         ;;
     *) echo "unknown stage $s" ;;
     esac
