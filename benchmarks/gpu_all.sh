@@ -15,7 +15,10 @@
 #   peers    benchmarks/peers/compare.py --device cuda (fastes eager and under torch.compile)
 #            -> peers_gpu.json, peers.log, ~9 minutes: a call of its own; the peers
 #            come as wheels in .whl/ (carried: evosax, its dotmap, evox; the image has jax,
-#            flax, optax; EvoTorch needs ray, which it has not)
+#            flax, optax; EvoTorch needs ray, which it has not). Fetch them here first (.whl/ is
+#            git-ignored), then run with carry [".whl"]:
+#              pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#                --platform manylinux2014_x86_64 -d .whl evosax==0.3.2 dotmap evox==1.4.0
 set -u
 OUT=${OUT:-/tmp/fastes_gpu}
 mkdir -p "$OUT"
