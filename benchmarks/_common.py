@@ -120,3 +120,20 @@ def graph_timer(fn, reps: int) -> float:
     with torch.cuda.graph(graph):
         fn()
     return timer("cuda", graph.replay, reps)
+
+
+def cuda_profile(step, title: str, reps: int = 3) -> str:
+    """torch.profiler tables of ``reps`` calls of ``step`` on CUDA after one warm-up: ops by GPU
+    time, then by host time (where an eager generation's time goes when the host's launches,
+    not the GPU, bound it)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            step()
+        torch.cuda.synchronize()
+    avg = prof.key_averages()
+    return "\n".join([f"{title} ({reps} calls)", avg.table(sort_by="cuda_time_total", row_limit=30),
+                      avg.table(sort_by="cpu_time_total", row_limit=40), ""])  # fmt: skip

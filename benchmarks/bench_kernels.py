@@ -25,7 +25,7 @@ import torch
 import fastes
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import environment, timer, write_json  # noqa: E402
+from _common import cuda_profile, environment, timer, write_json  # noqa: E402
 
 
 def _randn_matmul(w, randn):
@@ -150,26 +150,20 @@ def generations(device, reps, sizes=None, chunks=(32, 64, 128, 256, 512, 1024)):
 
 
 def profile(device, path, D=10**5, P=256):
-    """torch.profiler tables (GPU and host time per op) of three ``es_step`` generations on
-    sphere with the default noise and with ``noise="philox"``: where an eager generation's time
-    goes when the host's launches, not the GPU, bound it."""
+    """Profiles (``_common.cuda_profile``) of ``es_step`` generations on sphere with the default
+    noise and with ``noise="philox"``."""
     from es_generation import fastes_generation, sphere
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as prof
 
     theta, key = torch.full((D,), 0.5, device=device), fastes.key(0, device=device)
+    tables = [
+        cuda_profile(
+            functools.partial(fastes_generation, theta, sphere, key, P, noise=noise),
+            f"es_step sphere D = {D}, P = {P}, noise = {noise!r}",
+        )  # fmt: skip
+        for noise in ("auto", "philox")
+    ]
     with open(path, "w") as fh:
-        for noise in ("auto", "philox"):
-            step = functools.partial(fastes_generation, theta, sphere, key, P, noise=noise)
-            step()
-            torch.cuda.synchronize()
-            with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
-                for _ in range(3):
-                    step()
-                torch.cuda.synchronize()
-            avg = p.key_averages()
-            fh.write(f"es_step sphere D = {D}, P = {P}, noise = {noise!r} (3 generations)\n")
-            fh.write(avg.table(sort_by="cpu_time_total", row_limit=40) + "\n")
+        fh.write("\n".join(tables))
     print(f"profile written to {path}")
 
 

@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import environment, graph_timer, timer, write_json  # noqa: E402
+from _common import cuda_profile, environment, graph_timer, timer, write_json  # noqa: E402
 
 import fastes  # noqa: E402
 from fastes.population import lowrank_linear  # noqa: E402
@@ -129,23 +129,11 @@ def generation(width: int, P: int, B: int, rank: int, device: str, repeats: int)
 
 
 def profile(width: int, P: int, B: int, path: str) -> None:
-    """torch.profiler tables (CUDA and host time per op) of three eggroll generations, to find
-    where a generation's time goes beyond the population's forward."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as prof
-
+    """A profile (``_common.cuda_profile``) of eggroll generations: where a generation's time
+    goes beyond the population's forward."""
     _, step = _mlp_generation(width, P, B, 1, "cuda")
-    step()
-    torch.cuda.synchronize()
-    with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-    avg = p.key_averages()
     with open(path, "w") as fh:
-        fh.write(f"eggroll generation, MLP 4x{width}, P = {P}, B = {B}, r = 1 (3 generations)\n")
-        fh.write(avg.table(sort_by="cuda_time_total", row_limit=30) + "\n")
-        fh.write(avg.table(sort_by="cpu_time_total", row_limit=40) + "\n")
+        fh.write(cuda_profile(step, f"eggroll generation, MLP 4x{width}, P = {P}, B = {B}, r = 1"))
     print(f"profile written to {path}")
 
 
