@@ -29,8 +29,8 @@ def lowrank_kernel(device: torch.device):
     PyTorch path. Opt-in (``FASTES_LOWRANK_KERNEL=1``, on CUDA, not forced to the reference):
     measured on an H100 (``benchmarks/lowrank_gpu.py``, README) the kernel reached 0.22-0.27 of
     ``x @ W.T`` at rank 1 where the PyTorch path (cuBLAS GEMM plus the thin corrections) reached
-    0.68-0.94 (CUDA-graph replays),
-    and whole eggroll generations ran 1.4-2.8x slower with it, so it is the default nowhere."""
+    0.68-0.94 (CUDA-graph replays), and whole eggroll generations ran 1.4-2.8x slower with it,
+    so it is the default nowhere."""
     if os.environ.get("FASTES_LOWRANK_KERNEL", "") in ("", "0"):
         return None
     if device.type != "cuda" or force_reference() or not _TRITON:
