@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from fastes._io import write_json  # noqa: F401  (re-exported for the benchmark scripts)
+from fastes._io import atomic_write, write_json  # noqa: F401  (re-exported for the scripts)
 
 
 def cpu_name() -> str:

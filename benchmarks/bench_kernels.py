@@ -25,7 +25,7 @@ import torch
 import fastes
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import cuda_profile, environment, timer, write_json  # noqa: E402
+from _common import atomic_write, cuda_profile, environment, timer, write_json  # noqa: E402
 
 
 def _randn_matmul(w, randn):
@@ -111,7 +111,7 @@ def run(device, pops, dims, reps, fill_bytes, gen_sizes=None):
 def generations(device, reps, sizes=None, chunks=(32, 64, 128, 256, 512, 1024)):
     """One OpenAI-ES generation (sphere): ``es_step`` (default noise and chunking, and with
     ``noise="philox"``: the perturb and fused-reduction kernels) vs the naive
-    randn + cat + matmul of es_generation.py on the same device, alternating; then ``es_step``
+    randn + cat + matmul of es_generation.py on the same device, one after another; then ``es_step``
     over evaluation chunk sizes (members per chunk) at the middle size, which is how
     DEFAULT_CHUNK_BYTES_CUDA is chosen."""
     from es_generation import fastes_generation, naive_generation, sphere
@@ -162,8 +162,7 @@ def profile(device, path, D=10**5, P=256):
         )  # fmt: skip
         for noise in ("auto", "philox")
     ]
-    with open(path, "w") as fh:
-        fh.write("\n".join(tables))
+    atomic_write(path, lambda fh: fh.write("\n".join(tables)), mode="w")
     print(f"profile written to {path}")
 
 

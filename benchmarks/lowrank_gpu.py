@@ -30,7 +30,14 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import cuda_profile, environment, graph_timer, timer, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    atomic_write,
+    cuda_profile,
+    environment,
+    graph_timer,
+    timer,
+    write_json,
+)
 
 import fastes  # noqa: E402
 from fastes.population import lowrank_linear  # noqa: E402
@@ -132,8 +139,8 @@ def profile(width: int, P: int, B: int, path: str) -> None:
     """A profile (``_common.cuda_profile``) of eggroll generations: where a generation's time
     goes beyond the population's forward."""
     _, step = _mlp_generation(width, P, B, 1, "cuda")
-    with open(path, "w") as fh:
-        fh.write(cuda_profile(step, f"eggroll generation, MLP 4x{width}, P = {P}, B = {B}, r = 1"))
+    text = cuda_profile(step, f"eggroll generation, MLP 4x{width}, P = {P}, B = {B}, r = 1")
+    atomic_write(path, lambda fh: fh.write(text), mode="w")
     print(f"profile written to {path}")
 
 
@@ -165,8 +172,7 @@ def main() -> None:
         ]
         generations = [generation(4096, P, 8, 1, "cuda", a.repeats) for P in (64, 256, 1024)]
         if a.profile:
-            for P in (1024,):
-                profile(4096, P, 8, os.path.join(a.profile, f"profile_eggroll_P{P}.txt"))
+            profile(4096, 1024, 8, os.path.join(a.profile, "profile_eggroll_P1024.txt"))
     if a.out:
         write_json(a.out, {"environment": environment("cuda" if not a.smoke else "cpu"),
                            "rows": rows, "generations": generations})  # fmt: skip

@@ -86,17 +86,18 @@ class FastesRunner:
     def __init__(self, problem, D, P, x0, fitness=None, args=()):
         import fastes
 
-        self.fastes, self.P = fastes, P
+        self.fastes = fastes
         self.theta = _start(x0, D)
         f = fitness or TORCH_PROBLEMS[problem]
-        self.fit = lambda x, *a: -f(x, *a)  # fastes maximizes
+        fit = lambda x, *a: -f(x, *a)  # noqa: E731 — fastes maximizes
+        kw = dict(population_size=P, sigma=SIGMA, learning_rate=LR)
+        # One generation from (θ, key, *fitness args); the compiled runner compiles this.
+        self.generation = lambda th, k, *a: fastes.es_step(th, fit, k, fitness_args=a, **kw)
         self.key, self.t, self.args = fastes.key(0, device=DEVICE), 0, args
 
     def step(self):
-        self.theta = self.fastes.es_step(
-            self.theta, self.fit, self.fastes.fold_in(self.key, self.t), population_size=self.P,
-            sigma=SIGMA, learning_rate=LR, fitness_args=self.args,
-        )  # fmt: skip
+        k = self.fastes.fold_in(self.key, self.t)
+        self.theta = self.generation(self.theta, k, *self.args)
         _sync()
         self.t += 1
 
@@ -114,17 +115,7 @@ class FastesCompiledRunner(FastesRunner):
     def __init__(self, problem, D, P, x0, fitness=None, args=()):
         super().__init__(problem, D, P, x0, fitness, args)
         self.fastes.noise_table(device=self.theta.device)
-        kw = dict(population_size=P, sigma=SIGMA, learning_rate=LR)
-        fastes, fit = self.fastes, self.fit
-        self.compiled = torch.compile(
-            lambda th, k, *a: fastes.es_step(th, fit, k, fitness_args=a, **kw), fullgraph=True
-        )
-
-    def step(self):
-        k = self.fastes.fold_in(self.key, self.t)
-        self.theta = self.compiled(self.theta, k, *self.args)
-        _sync()
-        self.t += 1
+        self.generation = torch.compile(self.generation, fullgraph=True)
 
 
 class EvosaxRunner:
