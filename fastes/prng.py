@@ -140,17 +140,14 @@ def _lane_masks(n: int) -> tuple[int, int]:
     return ones, ones * MASK32
 
 
-@functools.lru_cache(maxsize=256)
-def _key_schedule(k0: int, k1: int, rounds: int) -> tuple:
-    """The round keys (k0 + r·W0, k1 + r·W1) mod 2^32 for r < rounds."""
-    return tuple(((k0 + r * _W0) & MASK32, (k1 + r * _W1) & MASK32) for r in range(rounds))
-
-
 def _philox_ints(a: int, b: int, c: int, d: int, k0: int, k1: int, rounds: int = 10):
-    """One counter's Philox4x32 rounds on Python ints: four output words."""
-    for r0, r1 in _key_schedule(k0, k1, rounds):
+    """One counter's Philox4x32 rounds on Python ints: four output words. The round keys are
+    bumped as they go: a fresh key each call (fold_in's every generation) would miss a cache of
+    them (fold_in at D = 10: 7.3 -> 5.8 µs a call for the rounds)."""
+    for _ in range(rounds):
         p0, p1 = a * _M0, c * _M1
-        a, b, c, d = (p1 >> 32) ^ b ^ r0, p1 & MASK32, (p0 >> 32) ^ d ^ r1, p0 & MASK32
+        a, b, c, d = (p1 >> 32) ^ b ^ k0, p1 & MASK32, (p0 >> 32) ^ d ^ k1, p0 & MASK32
+        k0, k1 = (k0 + _W0) & MASK32, (k1 + _W1) & MASK32
     return a, b, c, d
 
 

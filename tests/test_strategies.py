@@ -589,6 +589,33 @@ def test_a_key_changed_in_place_is_not_served_from_kept_rows():
     assert not torch.equal(s._z(k, ids), before)
 
 
+@pytest.mark.parametrize("name", ["cma_es", "sep_cma_es", "xnes"])
+@pytest.mark.parametrize("change", ["inplace", "data", "set_"])
+def test_a_state_changed_in_place_is_read_as_it_is_now(name, change):
+    # The numpy updates read the state's tensors through views. Whatever a caller does to the
+    # state a step returned (write into a tensor, or swap its memory: .data =, set_), the next
+    # step must see the tensors as they are now: the same bits as a fresh strategy given a copy
+    # of the changed state (a host copy of the state kept between generations would fail this).
+    x0 = {"x": torch.linspace(-1.0, 1.0, 6)}
+    s = make(name, x0, population_size=8)
+    state, _ = s.step(s.init(x0), sphere_x, fastes.key(1))
+    mean = state.mean
+    if change == "inplace":
+        mean.add_(0.25)
+    elif change == "data":
+        mean.data = mean + 0.25
+    else:
+        mean.set_(mean + 0.25)
+    copy = type(state)(*(t.clone() for t in state))
+    a, _ = s.step(state, sphere_x, fastes.key(2))
+    b, _ = make(name, x0, population_size=8).step(copy, sphere_x, fastes.key(2))
+    assert _same(a, b)
+
+
+def sphere_x(p):
+    return sphere(p["x"])
+
+
 @pytest.mark.parametrize(
     "name", ["cma_es", "sep_cma_es", "xnes", "snes", "cem", "openai_es", "pgpe", "ars"]
 )

@@ -59,6 +59,11 @@ class TorchOps:
         return a if dtype is None else as_dtype(a, dtype)
 
     @staticmethod
+    def fields(state: Any) -> Any:
+        """The state as the update reads it (see :meth:`NumpyOps.fields`): as it is."""
+        return state
+
+    @staticmethod
     def each(f: Callable, *xs: torch.Tensor, runs: bool):
         return each_run(f, *xs, runs=runs)
 
@@ -94,6 +99,11 @@ class TorchOps:
         return torch.linalg.vector_norm(x, dim=-1)
 
     @staticmethod
+    def sumsq(x: torch.Tensor) -> torch.Tensor:
+        """Σ x² along the last dim."""
+        return (x * x).sum(-1)
+
+    @staticmethod
     def clamp_min(x: torch.Tensor, c: float) -> torch.Tensor:
         return x.clamp_min(c)
 
@@ -116,6 +126,7 @@ class TorchOps:
         return x.mT
 
 
+_add_reduce = np.add.reduce
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 _EYES: dict[tuple[int, str], np.ndarray] = {}
 
@@ -126,6 +137,12 @@ class NumpyOps:
     @staticmethod
     def arr(t: torch.Tensor) -> np.ndarray:
         return t.detach().numpy() if t.requires_grad else t.numpy()
+
+    @staticmethod
+    def fields(state: Any) -> Any:
+        """The state's fields as numpy views (no copies), its generation (last) as it is."""
+        arr = NumpyOps.arr
+        return type(state)(*(arr(t) for t in state[:-1]), state.generation)
 
     @staticmethod
     def tensor(a, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -183,7 +200,11 @@ class NumpyOps:
 
     @staticmethod
     def norm(x: np.ndarray) -> np.ndarray:
-        return np.sqrt((x * x).sum(-1))
+        return np.sqrt(_add_reduce(x * x, -1))
+
+    @staticmethod
+    def sumsq(x: np.ndarray) -> np.ndarray:
+        return _add_reduce(x * x, -1)  # .sum(-1)'s own reduction, minus its Python wrapper
 
     @staticmethod
     def clamp_min(x: np.ndarray, c: float) -> np.ndarray:

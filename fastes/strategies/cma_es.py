@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 
 from .._validate import real
-from ._ops import ops_for
+from ._ops import TorchOps, ops_for
 from .base import Strategy
 
 
@@ -125,13 +125,14 @@ class CMAES(Strategy):
         """x = m + σ·B D z for z (..., m, D) (a leading run dim for batched runs), computed in
         float64 and returned in the params' flat dtype."""
         ops = ops_for(z, self.separable)
-        mean, sigma, B, D = (ops.arr(t) for t in (state.mean, state.sigma, state.B, state.D))
-        y = self._y(ops, B, D, ops.f64(ops.arr(z)), z.ndim > 2)
-        return ops.tensor(mean[..., None, :] + sigma[..., None, None] * y, self.raveler.flat_dtype)
+        s = ops.fields(state)
+        y = self._y(ops, s.B, s.D, ops.f64(ops.arr(z)), z.ndim > 2)
+        return ops.tensor(s.mean[..., None, :] + s.sigma[..., None, None] * y,
+                          self.raveler.flat_dtype)  # fmt: skip
 
     def _tell(self, state, key, fitness):
         order = self._order(fitness)  # best first
-        return self._update(state, self._z(key, order), order)
+        return self._update(state, self._z_in_order(key, order), order)
 
     def _tell_runs(self, state, z, fitness):
         """R runs' tell from their noise z (R, λ, D) (:class:`BatchedRuns`): one update over
@@ -146,8 +147,8 @@ class CMAES(Strategy):
         in :class:`fastes.strategies.BatchedRuns`) against the namespace of
         :mod:`fastes.strategies._ops` (numpy for small D on the CPU, torch elsewhere)."""
         p, runs, ops = self.p, z.ndim > 2, ops_for(z, self.separable)
-        s = CMAState(*(ops.arr(t) for t in state[:-1]), state.generation)
-        w, z = ops.arr(self._weights), ops.f64(ops.arr(z))
+        s = ops.fields(state)
+        (w, wneg_n), z = self._constants(ops), ops.f64(ops.arr(z))
         y = self._y(ops, s.B, s.D, z, runs)
         wpos = w[: p.mu]
         y_w = ops.each(lambda y_: wpos @ y_[..., : p.mu, :], y, runs=runs)
@@ -167,7 +168,7 @@ class CMAES(Strategy):
         decay = h_sigma * -k_h + (1 - p.c_1 - p.c_mu * p.weights_sum + k_h)
         # Negative weights (the last λ − μ) are rescaled by D / ‖C^{-1/2} y‖² = D / ‖z‖²
         # (tutorial eq. 46).
-        w_neg = ops.arr(self._wneg_n) / ops.clamp_min((z[..., p.mu :, :] ** 2).sum(-1), 1e-300)
+        w_neg = wneg_n / ops.clamp_min(ops.sumsq(z[..., p.mu :, :]), 1e-300)
         w_circ = ops.join(wpos, w_neg)
         if self.separable:
             rank_mu = ops.each(lambda y_, w_: (w_[..., None, :] @ y_**2)[..., 0, :], y, w_circ,
@@ -193,6 +194,16 @@ class CMAES(Strategy):
         weights = ops.scatter(order, self._weights)
         arrays = (mean, sigma, C, B, D, p_sigma, p_c)
         return CMAState(*map(ops.tensor, arrays), state.generation + 1), weights
+
+    def _constants(self, ops) -> tuple:
+        """The recombination weights and the negative ones times D, in ``ops``' namespace
+        (numpy views made once: the numpy namespace runs on the CPU only)."""
+        if ops is TorchOps:
+            return self._weights, self._wneg_n
+        kept = self.__dict__.get("_host_constants")
+        if kept is None:
+            kept = self._host_constants = (self._weights.numpy(), self._wneg_n.numpy())
+        return kept
 
 
 def _times_t(a, b):

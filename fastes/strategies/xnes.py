@@ -56,9 +56,9 @@ class XNES(NESBase):
         """x = μ + σ·B z for z (..., m, D) (a leading run dim for batched runs), computed in
         float64 and returned in the params' flat dtype."""
         ops = ops_for(z)
-        mean, sigma, B, z_ = (ops.arr(t) for t in (state.mean, state.sigma, state.B, z))
-        sz = sigma[..., None, None] * ops.f64(z_)
-        x = mean[..., None, :] + ops.each(_times_t, sz, B, runs=z.ndim > 2)
+        s = ops.fields(state)
+        sz = s.sigma[..., None, None] * ops.f64(ops.arr(z))
+        x = s.mean[..., None, :] + ops.each(_times_t, sz, s.B, runs=z.ndim > 2)
         return ops.tensor(x, self.raveler.flat_dtype)
 
     def _tell(self, state, key, fitness):
@@ -74,8 +74,8 @@ class XNES(NESBase):
         """The xNES update from z (..., P, D) and utilities u (..., P), over an optional leading
         run dim, written once against the namespace of :mod:`fastes.strategies._ops`."""
         runs, ops = z.ndim > 2, ops_for(z)
-        mean, sigma, B, z, u = (ops.arr(t) for t in (state.mean, state.sigma, state.B, z, u))
-        z = ops.f64(z)
+        mean, sigma, B, _ = ops.fields(state)
+        z, u = ops.f64(ops.arr(z)), ops.arr(u)
         eye = ops.eye(self.dim, z)
         g_delta = ops.each(ops.vecmat, u, z, runs=runs)  # Σ u_i z_i
         # G_M = Σ u_i (z_i z_iᵀ − I) = Zᵀ diag(u) Z − (Σ u) I
