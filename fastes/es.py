@@ -17,6 +17,7 @@ is O(chunk·D + P + D).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -39,6 +40,7 @@ from .noise import (
     _GATHER_MAX_DIM,
     TableNoise,
     _fill_members,
+    _tiled_weighted_sum,
     resolve_noise,  # public here too (es.__all__), its home is fastes.noise
 )
 from .prng import _LANES, check_key, key_words
@@ -207,13 +209,12 @@ def _flat_estimate(
     if row_w.dtype != torch.float32 or row_w.device != theta.device:
         row_w = row_w.to(device=theta.device, dtype=torch.float32)
     if cache and sum(e.shape[0] for e in cached) == s_hi - s_lo:
-        g, r = None, s_lo
-        for eps in cached:  # chunk by chunk: no (n_rows, D) concatenation
-            w = row_w if eps.shape[0] == row_w.shape[0] else row_w[r : r + eps.shape[0]]
-            g = torch.mv(eps.T, w) if g is None else g.addmv_(eps.T, w)  # as the sources sum
-            r += eps.shape[0]
-        if g is None:  # no rows on this rank
-            g = torch.zeros(D, dtype=torch.float32, device=theta.device)
+        # In the sources' tiles, whatever the evaluation chunks were: a BLAS whose gemv sums
+        # several rows at once (AVX-512 builds) rounds chunk-by-chunk sums differently, so the
+        # chunk size would change the bits. The tiles are cut from the kept chunks (a tile's
+        # pieces joined: no (n_rows, D) concatenation) and the weights are the rows' own.
+        w = row_w if s_hi - s_lo == row_w.shape[0] else row_w[s_lo:s_hi]
+        g = _tiled_weighted_sum(_kept_rows(cached), torch.arange(s_hi - s_lo), w, D)
     else:
         rows = torch.arange(s_lo, s_hi, device=theta.device)
         g = source.weighted_sum(key, rows, row_w[s_lo:s_hi], D)
@@ -223,6 +224,26 @@ def _flat_estimate(
     g = on_host(lambda x: x / (P * sigma), as_dtype(g, theta.dtype))
     stats = FitnessStats(fitness, weights, shape_stats.nan_count, shape_stats.inf_count, minimize)
     return g, stats
+
+
+def _kept_rows(chunks: list[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``make_rows`` of :func:`fastes.noise._tiled_weighted_sum` over row chunks kept in order:
+    positions i..j (contiguous ids) as one (j − i + 1, D) tensor, a view of one chunk or the
+    pieces of several joined."""
+    starts = list(itertools.accumulate((c.shape[0] for c in chunks), initial=0))
+
+    def rows(ids: torch.Tensor) -> torch.Tensor:
+        if len(chunks) == 1 and ids.numel() == starts[1]:
+            return chunks[0]  # one chunk, one tile: every small problem
+        i, j = int(ids[0]), int(ids[-1]) + 1
+        parts = [
+            c[max(i - a, 0) : j - a]
+            for c, a, b in zip(chunks, starts, starts[1:], strict=False)
+            if a < j and b > i
+        ]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    return rows
 
 
 def _check_args(

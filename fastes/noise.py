@@ -214,6 +214,8 @@ def _tiled_weighted_sum(make_rows, rows: torch.Tensor, weights: torch.Tensor, di
     is ``mv``, what ``zeros(dim).addmv_`` gives bit for bit)."""
     tile = _TILE * 16 if weights.is_cpu else _TILE * 1024  # GPUs: 256 MiB tiles
     step = max(1, tile // max(dim, 1))
+    if 0 < rows.numel() <= step:  # one tile (every small problem): no slices
+        return torch.mv(make_rows(rows).T, weights.to(torch.float32))
     out = None
     for s in range(0, rows.numel(), step):
         part, w = make_rows(rows[s : s + step]).T, weights[s : s + step].to(torch.float32)

@@ -62,6 +62,22 @@ def test_same_key_same_bits_and_chunking_does_not_change_the_result():
         assert torch.equal(a["x"], b["x"])
 
 
+def test_chunks_across_the_sums_tiles_give_the_bits_of_one_chunk_and_of_regenerated_rows():
+    # D = 2^14 (the largest D whose drawn rows are kept): the gradient sums 4 MiB tiles of 64
+    # rows, so 80 rows make two tiles. Evaluation chunks that cut across them (1, 25 and 35
+    # rows) must give the bits of one chunk (the sum follows the tiles, not the chunks: AVX-512
+    # gemv rounds chunk-by-chunk sums differently), and kept rows the bits of regenerated ones.
+    D = 2**14
+    params = {"x": torch.randn(D, generator=torch.Generator().manual_seed(1))}
+    kw = dict(population_size=160, sigma=0.05)
+    g, _ = fastes.estimate_grad(params, sphere, fastes.key(5), **kw)
+    for chunk in (2, 50, 70):
+        c, _ = fastes.estimate_grad(params, sphere, fastes.key(5), chunk_size=chunk, **kw)
+        assert torch.equal(g["x"], c["x"]), chunk
+    r, _ = fastes.estimate_grad(params, sphere, fastes.key(5), memory_budget=0, **kw)
+    assert torch.equal(g["x"], r["x"])
+
+
 def test_regenerated_noise_matches_cached_noise():
     # memory_budget=0 forces the gradient pass to regenerate every row; the cached path does one
     # matmul instead. Both sum the same P/2 products in float32 in different orders, so they

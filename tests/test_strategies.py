@@ -590,6 +590,40 @@ def test_a_key_changed_in_place_is_not_served_from_kept_rows():
 
 
 @pytest.mark.parametrize("name", ["cma_es", "sep_cma_es", "xnes"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_generation_kept_on_the_host_is_the_bits_of_the_chunked_step_and_ask_tell(
+    name, dtype, monkeypatch
+):
+    # A small eager-CPU problem runs a whole step on the host (numpy arrays between the stages,
+    # the members' float64 noise and products handed to the update). A chunked evaluation
+    # (chunk_size < P) and ask / tell take the general path. Same bits, NaN fitness included.
+    from fastes.strategies import base
+
+    x0 = {"x": torch.linspace(-1.0, 1.0, 7, dtype=dtype)}
+
+    def f(p):  # NaN for some members (not all: x[0] > 1 for every one of 9 is far-fetched)
+        return torch.where(p["x"][..., 0] > 1.0, torch.nan, sphere(p["x"]))
+
+    ran = []
+    on_host = base.Strategy._step_on_host
+    monkeypatch.setattr(base.Strategy, "_step_on_host", lambda *a: ran.append(1) or on_host(*a))
+    host = make(name, x0, population_size=9, minimize=True, mode="batched")
+    chunked = make(name, x0, population_size=9, minimize=True, mode="batched", chunk_size=4)
+    a = b = c = host.init(x0)
+    nan = 0
+    for g in range(8):
+        k = fastes.key(g)
+        a, stats = host.step(a, f, k)
+        b, chunked_stats = chunked.step(b, f, k)
+        c = host.tell(c, k, f(host.ask(c, k)))
+        assert _same(a, b) and _same(a, c), g
+        assert _equal(stats.weights, chunked_stats.weights)
+        assert stats.nan_count == chunked_stats.nan_count
+        nan += stats.nan_count
+    assert len(ran) == 8 and nan > 0  # the host path ran, and met NaN fitness
+
+
+@pytest.mark.parametrize("name", ["cma_es", "sep_cma_es", "xnes"])
 @pytest.mark.parametrize("change", ["inplace", "data", "set_"])
 def test_a_state_changed_in_place_is_read_as_it_is_now(name, change):
     # The numpy updates read the state's tensors through views. Whatever a caller does to the

@@ -135,7 +135,9 @@ class NumpyOps:
     """numpy views of CPU tensors (no copies); stacked operations act slice by slice."""
 
     @staticmethod
-    def arr(t: torch.Tensor) -> np.ndarray:
+    def arr(t: torch.Tensor | np.ndarray) -> np.ndarray:
+        if type(t) is np.ndarray:  # already on the host (a generation kept there)
+            return t
         return t.detach().numpy() if t.requires_grad else t.numpy()
 
     @staticmethod
@@ -221,8 +223,10 @@ class NumpyOps:
         return out
 
     @staticmethod
-    def scatter(order: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        o, wn = order.numpy(), w.numpy()
+    def scatter(order: torch.Tensor | np.ndarray, w: np.ndarray) -> torch.Tensor:
+        """out[..., order[..., i]] = w[i] (a tensor): each member's weight from the sorted
+        weights (``order`` a tensor or its numpy view)."""
+        o, wn = NumpyOps.arr(order), w
         out = np.empty(o.shape, dtype=wn.dtype)
         if o.ndim == 1:
             out[o] = wn

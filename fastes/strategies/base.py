@@ -53,6 +53,7 @@ from ..shaping import (
     shape_fitness,
 )
 from ..tree import as_dtype, host_view, raveler
+from ._ops import NumpyOps
 
 __all__ = ["Strategy"]
 
@@ -205,20 +206,55 @@ class Strategy:
         # Under torch.distributed this rank evaluates its slice of the members (whole pairs).
         alone = distributed.current() is None
         lo, hi = (0, self.population(state)) if alone else self.local_members(state)
+        if alone and hi <= chunk and self._on_host(state):
+            return self._step_on_host(state, fitness_fn, key, fitness_args)
         parts = []
         for m0 in range(lo, hi, chunk):
             members = self._members(state, key, self._ids(m0, min(m0 + chunk, hi)))
-            out = evaluate_population(
-                fitness_fn, as_dtype(members, self.raveler.flat_dtype), self.raveler,
-                mode=self.mode, fitness_args=fitness_args,
-            )  # fmt: skip
-            parts.append(out.detach() if out.requires_grad else out)
+            parts.append(self._evaluate(fitness_fn, members, fitness_args))
         fitness = parts[0] if len(parts) == 1 else torch.cat(parts)
         if not alone:
             fitness = self._gather_local(fitness, state)
         fitness = self._check_fitness(fitness, state)
         new_state, weights = self._tell(state, key, fitness)
         return new_state, self._stats(fitness, weights)
+
+    def _evaluate(self, fitness_fn: Callable[..., Any], members: torch.Tensor, fitness_args):
+        """Fitness of flat members (m, D), detached."""
+        out = evaluate_population(
+            fitness_fn, as_dtype(members, self.raveler.flat_dtype), self.raveler,
+            mode=self.mode, fitness_args=fitness_args,
+        )  # fmt: skip
+        return out.detach() if out.requires_grad else out
+
+    def _on_host(self, state) -> bool:
+        """Whether :meth:`step` runs this generation through :meth:`_step_on_host` (strategies
+        whose update has a numpy namespace say when it applies)."""
+        return False
+
+    def _step_on_host(self, state, fitness_fn: Callable[..., Any], key, fitness_args):
+        """One whole generation of a small eager-CPU problem in one process, its arrays kept in
+        numpy between the stages: the state's fields read once, the float64 noise and what the
+        members were built from handed to the update as they are (no tensor round trips, each
+        ~1-3 µs inside a generation, ~15 of them). The same operations as ask / tell: the same
+        bits (tested). Strategies implement :meth:`_sample` and :meth:`_host_tell`."""
+        s = NumpyOps.fields(state)
+        z = NumpyOps.f64(self._z(key, self._ids(0, self.population(state))).numpy())
+        x, aux = self._sample(NumpyOps, s, z, False)
+        members = NumpyOps.tensor(x, self.raveler.flat_dtype)
+        fitness = self._check_fitness(self._evaluate(fitness_fn, members, fitness_args), state)
+        new_state, weights = self._host_tell(state, s, z, aux, fitness)
+        return new_state, self._stats(fitness, weights)
+
+    def _sample(self, ops, s, z, runs: bool):
+        """Members (..., m, D) from the state's fields ``s`` and float64 noise z in the
+        namespace ``ops``, with what the update may reuse of them (or None)."""
+        raise NotImplementedError
+
+    def _host_tell(self, state, s, z, aux, fitness):
+        """:meth:`_tell` from the numpy fields ``s``, float64 noise z (P, D) and ``aux`` of
+        :meth:`_sample`: ``(new_state, weights)``."""
+        raise NotImplementedError
 
     # -- helpers for subclasses ---------------------------------------------------------------
     def _ids(self, start: int, stop: int) -> torch.Tensor:

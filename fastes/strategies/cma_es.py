@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 
 from .._validate import real
-from ._ops import TorchOps, ops_for
+from ._ops import NumpyOps, TorchOps, ops_for
 from .base import Strategy
 
 
@@ -121,18 +121,31 @@ class CMAES(Strategy):
         zd = z * D[..., None, :]
         return zd if self.separable else ops.each(_times_t, zd, B, runs=runs)
 
+    def _sample(self, ops, s, z, runs: bool):
+        """x = m + σ·y, y = B D z for float64 z (..., m, D) and the state's fields ``s`` in the
+        namespace ``ops``: ``(x, y)`` (the update reads y again, in rank order)."""
+        y = self._y(ops, s.B, s.D, z, runs)
+        return s.mean[..., None, :] + s.sigma[..., None, None] * y, y
+
     def _members_from(self, state, z):
         """x = m + σ·B D z for z (..., m, D) (a leading run dim for batched runs), computed in
         float64 and returned in the params' flat dtype."""
         ops = ops_for(z, self.separable)
-        s = ops.fields(state)
-        y = self._y(ops, s.B, s.D, ops.f64(ops.arr(z)), z.ndim > 2)
-        return ops.tensor(s.mean[..., None, :] + s.sigma[..., None, None] * y,
-                          self.raveler.flat_dtype)  # fmt: skip
+        x, _ = self._sample(ops, ops.fields(state), ops.f64(ops.arr(z)), z.ndim > 2)
+        return ops.tensor(x, self.raveler.flat_dtype)
+
+    def _on_host(self, state) -> bool:
+        return ops_for(state.mean, self.separable) is NumpyOps
 
     def _tell(self, state, key, fitness):
         order = self._order(fitness)  # best first
         return self._update(state, self._z_in_order(key, order), order)
+
+    def _host_tell(self, state, s, z, y, fitness):
+        """:meth:`_tell` from the generation kept on the host (:meth:`Strategy._step_on_host`):
+        its z and y rows in rank order, no noise drawn or product taken again."""
+        o = self._order(fitness).numpy()  # best first
+        return self._update(state, z[o], o, host=(s, y[o]))
 
     def _tell_runs(self, state, z, fitness):
         """R runs' tell from their noise z (R, λ, D) (:class:`BatchedRuns`): one update over
@@ -141,15 +154,21 @@ class CMAES(Strategy):
         z = z.gather(1, order[..., None].expand(-1, -1, self.dim))
         return self._update(state, z, order)[0]
 
-    def _update(self, state, z, order):
+    def _update(self, state, z, order, host=None):
         """The CMA update from z (..., λ, D) sorted best first (``order`` (..., λ) maps sorted
         position to member). Written once over optional leading run dims (one run here, R runs
         in :class:`fastes.strategies.BatchedRuns`) against the namespace of
-        :mod:`fastes.strategies._ops` (numpy for small D on the CPU, torch elsewhere)."""
-        p, runs, ops = self.p, z.ndim > 2, ops_for(z, self.separable)
-        s = ops.fields(state)
-        (w, wneg_n), z = self._constants(ops), ops.f64(ops.arr(z))
-        y = self._y(ops, s.B, s.D, z, runs)
+        :mod:`fastes.strategies._ops` (numpy for small D on the CPU, torch elsewhere).
+        ``host``: the state's numpy fields and y in rank order, with z float64 and ``order``
+        numpy (one run's generation kept on the host)."""
+        p, runs = self.p, z.ndim > 2
+        if host is None:
+            ops = ops_for(z, self.separable)
+            s, z = ops.fields(state), ops.f64(ops.arr(z))
+            y = self._y(ops, s.B, s.D, z, runs)
+        else:
+            ops, (s, y) = NumpyOps, host
+        w, wneg_n = self._constants(ops)
         wpos = w[: p.mu]
         y_w = ops.each(lambda y_: wpos @ y_[..., : p.mu, :], y, runs=runs)
         mean = ops.addcmul(s.mean, s.sigma[..., None], y_w)
@@ -191,7 +210,7 @@ class CMAES(Strategy):
             else:
                 B, D = s.B, s.D
         # Member i's recombination weight.
-        weights = ops.scatter(order, self._weights)
+        weights = ops.scatter(order, w)
         arrays = (mean, sigma, C, B, D, p_sigma, p_c)
         return CMAState(*map(ops.tensor, arrays), state.generation + 1), weights
 

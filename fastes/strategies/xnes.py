@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._ops import ops_for
+from ._ops import NumpyOps, ops_for
 from .cma_es import _times_t
 from .snes import NESBase
 
@@ -52,29 +52,44 @@ class XNES(NESBase):
         sigma = torch.tensor(self.sigma0, dtype=torch.float64, device=mean.device)
         return XNESState(mean, sigma, eye, self._counter())
 
+    def _sample(self, ops, s, z, runs: bool):
+        """x = μ + σ·B z for float64 z (..., m, D) and the state's fields ``s`` in the
+        namespace ``ops``: ``(x, None)``."""
+        sz = s.sigma[..., None, None] * z
+        return s.mean[..., None, :] + ops.each(_times_t, sz, s.B, runs=runs), None
+
     def _members_from(self, state, z):
         """x = μ + σ·B z for z (..., m, D) (a leading run dim for batched runs), computed in
         float64 and returned in the params' flat dtype."""
         ops = ops_for(z)
-        s = ops.fields(state)
-        sz = s.sigma[..., None, None] * ops.f64(ops.arr(z))
-        x = s.mean[..., None, :] + ops.each(_times_t, sz, s.B, runs=z.ndim > 2)
+        x, _ = self._sample(ops, ops.fields(state), ops.f64(ops.arr(z)), z.ndim > 2)
         return ops.tensor(x, self.raveler.flat_dtype)
+
+    def _on_host(self, state) -> bool:
+        return ops_for(state.mean) is NumpyOps
 
     def _tell(self, state, key, fitness):
         u = self._scores(fitness, "nes").double()  # (P,)
         z = self._z(key, self._ids(0, self.population_size))  # (P, D)
         return self._update(state, z, u), u
 
+    def _host_tell(self, state, s, z, aux, fitness):
+        """:meth:`_tell` from the generation kept on the host (:meth:`Strategy._step_on_host`):
+        its float64 z, no noise drawn again."""
+        u = self._scores(fitness, "nes").double()
+        return self._update(state, z, u, host=s), u
+
     def _tell_runs(self, state, z, fitness):
         """R runs' tell from their noise z (R, λ, D) (:class:`BatchedRuns`)."""
         return self._update(state, z, self._runs_scores(fitness, "nes").double())
 
-    def _update(self, state, z, u):
+    def _update(self, state, z, u, host=None):
         """The xNES update from z (..., P, D) and utilities u (..., P), over an optional leading
-        run dim, written once against the namespace of :mod:`fastes.strategies._ops`."""
-        runs, ops = z.ndim > 2, ops_for(z)
-        mean, sigma, B, _ = ops.fields(state)
+        run dim, written once against the namespace of :mod:`fastes.strategies._ops`.
+        ``host``: the state's numpy fields, with z float64 numpy (a generation kept on the
+        host)."""
+        runs, ops = z.ndim > 2, ops_for(z) if host is None else NumpyOps
+        mean, sigma, B, _ = ops.fields(state) if host is None else host
         z, u = ops.f64(ops.arr(z)), ops.arr(u)
         eye = ops.eye(self.dim, z)
         g_delta = ops.each(ops.vecmat, u, z, runs=runs)  # Σ u_i z_i
