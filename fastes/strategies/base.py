@@ -293,16 +293,6 @@ class Strategy:
         sign = (1 - 2 * (ids % 2)).to(torch.float32)[:, None]
         return self._noise_rows(key, ids // 2) * sign
 
-    def _z_in_order(self, key: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-        """:meth:`_z` of the members in ``order`` (a permutation of the generation's members,
-        from :meth:`_order`): the rows this generation's members were drawn from, picked in
-        numpy where they were kept (no range check: a permutation's ids are all in range)."""
-        if not self.antithetic:
-            kept = self._memo_rows(key, order.shape[-1])
-            if kept is not None and kept.shape[0] == order.shape[-1]:
-                return torch.from_numpy(kept.numpy()[order.numpy()])  # a copy, as _z's
-        return self._z(key, order)
-
     def _memo_rows(self, key: torch.Tensor, n: int) -> torch.Tensor | None:
         """Rows 0..n−1 of ``key`` if :meth:`_noise_rows` kept them for a key with these words
         (eager CPU code), else None."""

@@ -139,7 +139,7 @@ class CMAES(Strategy):
 
     def _tell(self, state, key, fitness):
         order = self._order(fitness)  # best first
-        return self._update(state, self._z_in_order(key, order), order)
+        return self._update(state, self._z(key, order), order)
 
     def _host_tell(self, state, s, z, y, fitness):
         """:meth:`_tell` from the generation kept on the host (:meth:`Strategy._step_on_host`):
