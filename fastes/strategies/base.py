@@ -52,7 +52,7 @@ from ..shaping import (
     _rank_weights_small,
     shape_fitness,
 )
-from ..tree import as_dtype, host_view, raveler
+from ..tree import HOST_MAX, as_dtype, host_view, raveler
 from ._ops import NumpyOps
 
 __all__ = ["Strategy"]
@@ -206,7 +206,10 @@ class Strategy:
         # Under torch.distributed this rank evaluates its slice of the members (whole pairs).
         alone = distributed.current() is None
         lo, hi = (0, self.population(state)) if alone else self.local_members(state)
-        if alone and hi <= chunk and self._on_host(state):
+        # A small problem's generation on the host (P·D ≤ HOST_MAX: beyond it, its kept (P, D)
+        # arrays cost more than the round trips they save — sep-CMA-ES at D = 1000, P = 256
+        # measured 1.08x the general path, at P = 32 0.95x).
+        if alone and hi <= chunk and hi * self.dim <= HOST_MAX and self._on_host(state):
             return self._step_on_host(state, fitness_fn, key, fitness_args)
         parts = []
         for m0 in range(lo, hi, chunk):

@@ -62,9 +62,15 @@ class BatchedRuns:
         leading (R,) dim (a different starting point per run)."""
         s, R = self.strategy, self.runs
         leaves = pytree.tree_leaves(params)
+        # Counters (int64 scalars: the generation, an optimizer's step count) are shared by
+        # all runs, which advance in lockstep; every other leaf gets a leading run dim.
         if all(tuple(x.shape) == tuple(t) for x, t in zip(leaves, s.raveler.shapes, strict=True)):
-            starts = [params] * R
-        elif all(tuple(x.shape) == (R, *t) for x, t in zip(leaves, s.raveler.shapes, strict=True)):
+            # One start for all: one init (a pure function of params), copied R times (64
+            # CMA-ES runs at D = 10: 4.8 ms of R inits -> 0.2 ms)
+            return pytree.tree_map(
+                lambda x: x if _is_counter(x) else torch.stack([x] * R), s.init(params)
+            )
+        if all(tuple(x.shape) == (R, *t) for x, t in zip(leaves, s.raveler.shapes, strict=True)):
             spec = pytree.tree_structure(params)
             starts = [pytree.tree_unflatten([x[r] for x in leaves], spec) for r in range(R)]
         else:
@@ -72,8 +78,6 @@ class BatchedRuns:
                 f"params must have the template's shapes {[tuple(t) for t in s.raveler.shapes]} "
                 f"or those with a leading ({R},) run dim; got {[tuple(x.shape) for x in leaves]}"
             )
-        # Counters (int64 scalars: the generation, an optimizer's step count) are shared by
-        # all runs, which advance in lockstep; every other leaf gets a leading run dim.
         return pytree.tree_map(
             lambda *xs: xs[0] if _is_counter(xs[0]) else torch.stack(xs),
             *(s.init(p) for p in starts),
