@@ -214,7 +214,7 @@ def _flat_estimate(
         # chunk size would change the bits. The tiles are cut from the kept chunks (a tile's
         # pieces joined: no (n_rows, D) concatenation) and the weights are the rows' own.
         w = row_w if s_hi - s_lo == row_w.shape[0] else row_w[s_lo:s_hi]
-        g = _tiled_weighted_sum(_kept_rows(cached), torch.arange(s_hi - s_lo), w, D)
+        g = _tiled_weighted_sum(_kept_rows(cached), range(s_hi - s_lo), w, D)
     else:
         rows = torch.arange(s_lo, s_hi, device=theta.device)
         g = source.weighted_sum(key, rows, row_w[s_lo:s_hi], D)
@@ -226,16 +226,19 @@ def _flat_estimate(
     return g, stats
 
 
-def _kept_rows(chunks: list[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+def _kept_rows(chunks: list[torch.Tensor]) -> Callable[[range], torch.Tensor]:
     """``make_rows`` of :func:`fastes.noise._tiled_weighted_sum` over row chunks kept in order:
-    positions i..j (contiguous ids) as one (j − i + 1, D) tensor, a view of one chunk or the
-    pieces of several joined."""
+    the rows at a range of positions as one tensor, a view of one chunk or the pieces of
+    several joined."""
+    if len(chunks) == 1:  # one chunk (every small problem): its rows as they are, or a slice
+        one = chunks[0]
+        return lambda ids: (
+            one if ids.start == 0 and ids.stop == len(one) else one[ids.start : ids.stop]
+        )
     starts = list(itertools.accumulate((c.shape[0] for c in chunks), initial=0))
 
-    def rows(ids: torch.Tensor) -> torch.Tensor:
-        if len(chunks) == 1 and ids.numel() == starts[1]:
-            return chunks[0]  # one chunk, one tile: every small problem
-        i, j = int(ids[0]), int(ids[-1]) + 1
+    def rows(ids: range) -> torch.Tensor:
+        i, j = ids.start, ids.stop
         parts = [
             c[max(i - a, 0) : j - a]
             for c, a, b in zip(chunks, starts, starts[1:], strict=False)

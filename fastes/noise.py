@@ -208,16 +208,19 @@ def philox_weighted_sum(
     return _tiled_weighted_sum(lambda r: philox_normal_rows(k, r, dim), rows, weights, dim)
 
 
-def _tiled_weighted_sum(make_rows, rows: torch.Tensor, weights: torch.Tensor, dim: int):
+def _tiled_weighted_sum(make_rows, rows, weights: torch.Tensor, dim: int):
     """Σ_j weights[j]·rows_j as (dim,) float32: ``make_rows(rows[s:e])`` ~4 MiB at a time, one
-    matrix-vector product each (both noise sources sum in this order; the first tile's product
-    is ``mv``, what ``zeros(dim).addmv_`` gives bit for bit)."""
+    matrix-vector product each (both noise sources sum in this order, and es_step's kept rows
+    too; the first tile's product is ``mv``, what ``zeros(dim).addmv_`` gives bit for bit).
+    ``rows``: a 1-D tensor of row ids, or a ``range`` of positions (kept rows)."""
     tile = _TILE * 16 if weights.is_cpu else _TILE * 1024  # GPUs: 256 MiB tiles
     step = max(1, tile // max(dim, 1))
-    if 0 < rows.numel() <= step:  # one tile (every small problem): no slices
-        return torch.mv(make_rows(rows).T, weights.to(torch.float32))
+    n = len(rows)
+    if 0 < n <= step:  # one tile (every small problem): no slices, no casts to make
+        w = weights if weights.dtype == torch.float32 else weights.to(torch.float32)
+        return torch.mv(make_rows(rows).T, w)
     out = None
-    for s in range(0, rows.numel(), step):
+    for s in range(0, n, step):
         part, w = make_rows(rows[s : s + step]).T, weights[s : s + step].to(torch.float32)
         out = torch.mv(part, w) if out is None else out.addmv_(part, w)
     return torch.zeros(dim, dtype=torch.float32, device=weights.device) if out is None else out
