@@ -591,24 +591,28 @@ def test_a_key_changed_in_place_is_not_served_from_kept_rows():
 
 @pytest.mark.parametrize("name", ["cma_es", "sep_cma_es", "xnes"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("objectives", [1, 2])
 def test_a_generation_kept_on_the_host_is_the_bits_of_the_chunked_step_and_ask_tell(
-    name, dtype, monkeypatch
+    name, dtype, objectives, monkeypatch
 ):
     # A small eager-CPU problem runs a whole step on the host (numpy arrays between the stages,
     # the members' float64 noise and products handed to the update). A chunked evaluation
-    # (chunk_size < P) and ask / tell take the general path. Same bits, NaN fitness included.
+    # (chunk_size < P) and ask / tell take the general path. Same bits, NaN fitness and two
+    # weighted objectives included.
     from fastes.strategies import base
 
     x0 = {"x": torch.linspace(-1.0, 1.0, 7, dtype=dtype)}
 
     def f(p):  # NaN for some members (not all: x[0] > 1 for every one of 9 is far-fetched)
-        return torch.where(p["x"][..., 0] > 1.0, torch.nan, sphere(p["x"]))
+        v = torch.where(p["x"][..., 0] > 1.0, torch.nan, sphere(p["x"]))
+        return v if objectives == 1 else torch.stack([v, p["x"].abs().sum(-1)], -1)
 
     ran = []
     on_host = base.Strategy._step_on_host
     monkeypatch.setattr(base.Strategy, "_step_on_host", lambda *a: ran.append(1) or on_host(*a))
-    host = make(name, x0, population_size=9, minimize=True, mode="batched")
-    chunked = make(name, x0, population_size=9, minimize=True, mode="batched", chunk_size=4)
+    kw = dict(objective_weights=[1.0, 0.5]) if objectives == 2 else {}
+    host = make(name, x0, population_size=9, minimize=True, mode="batched", **kw)
+    chunked = make(name, x0, population_size=9, minimize=True, mode="batched", chunk_size=4, **kw)
     a = b = c = host.init(x0)
     nan = 0
     for g in range(8):
