@@ -60,13 +60,14 @@ def cma_parameters(n: int, lam: int, separable: bool = False) -> CMAParams:
         weights[mu:] = neg * min(alpha_mu, alpha_mu_eff, alpha_posdef) / neg.abs().sum()
     chi_n = math.sqrt(n) * (1 - 1 / (4 * n) + 1 / (21 * n * n))
     # Lazy eigendecomposition: C changes by about (c_1 + c_μ) per generation, so B and D may lag
-    # it a few generations. The gap used here is Hansen's reference implementation's
-    # (pycma's cma/more_algorithms/purecma.py, lazy_gap_evals: 1/(2 n (c_1 + c_μ)) generations):
-    # every generation at D = 10, every 5th at D = 100, where one 100x100 eigh is a third of a
-    # generation. The tutorial's Section B.2 and pycma's CMAEvolutionStrategy (updatecovwait)
-    # wait 1/(10 n (c_1 + c_μ)), five times shorter: every generation up to D = 87 (default λ),
-    # every 2nd at D = 100 (λ = 17).
-    eigen_gap = 1 if separable else max(1, math.floor(0.5 / (n * (c_1 + c_mu))))
+    # it a few generations. The rule is Hansen's reference implementation's (pycma's
+    # cma/more_algorithms/purecma.py): decompose when more than lazy_gap_evals = λ/(2 n (c_1 +
+    # c_μ)) evaluations, i.e. more than gap = 1/(2 n (c_1 + c_μ)) generations, passed since the
+    # last decomposition — every ⌊gap⌋ + 1 generations: every 2nd at D = 10 (λ = 10, gap 1.29),
+    # every generation at D = 10 with λ = 16 (gap 0.84), every 6th at D = 100 (λ = 17, gap
+    # 5.71), where one 100x100 eigh is a third of a generation. The tutorial's Section B.2 and
+    # pycma's CMAEvolutionStrategy (updatecovwait) wait 1/(10 n (c_1 + c_μ)), five times shorter.
+    eigen_gap = 1 if separable else math.floor(0.5 / (n * (c_1 + c_mu))) + 1
     return CMAParams(weights, mu, mu_eff, c_sigma, d_sigma, c_c, c_1, c_mu, chi_n,
                      float(weights.sum()), eigen_gap)  # fmt: skip
 
