@@ -131,8 +131,9 @@ class Raveler(NamedTuple):
         return self._cut(flat, ())
 
     def unravel_batch(self, flat: torch.Tensor) -> Any:
-        """(B, D) -> pytree whose leaves have a leading batch dim: (B, *shape)."""
-        return self._cut(flat, (flat.shape[0],))
+        """(B, D) -> pytree whose leaves have a leading batch dim: (B, *shape); more leading
+        dims alike ((R, P, D) -> leaves (R, P, *shape))."""
+        return self._cut(flat, tuple(flat.shape[:-1]))
 
     def _cut(self, flat: torch.Tensor, batch: tuple[int, ...]) -> Any:
         # One leaf (a flat problem): the whole vector, as split's single part would view it

@@ -113,10 +113,7 @@ class BatchedRuns:
         """Members from the runs' noise z (R, λ, D): (R, λ, D), or the pytree of (R, λ, ...)."""
         s = self.strategy  # (each _members_from takes float32 z into its state's dtype)
         members = s._members_from(state, z).to(s.raveler.flat_dtype)
-        if flat:
-            return members
-        out = s.raveler.unravel_batch(members.reshape(-1, s.dim))
-        return pytree.tree_map(lambda x: x.reshape(self.runs, -1, *x.shape[1:]), out)
+        return members if flat else s.raveler.unravel_batch(members)
 
     def tell(self, state, keys: torch.Tensor, fitness: Any):
         """The new states from fitness (R, λ) (maximized unless the strategy minimizes)."""
