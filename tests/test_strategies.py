@@ -775,6 +775,57 @@ def test_xnes_expm_from_the_eigendecomposition_is_accurate():
             assert float((E - ref).abs().max()) <= bound, (D, scale, ops.__name__)
 
 
+@pytest.mark.parametrize("n, lam", [(2, 6), (10, 10), (10, 16), (24, 13), (30, 14), (40, 8)])
+def test_cma_es_decomposes_c_when_purecma_would(n, lam, monkeypatch):
+    # The lazy eigendecomposition follows Hansen's reference purecma.py: before sampling, C is
+    # decomposed when the evaluations since the last decomposition exceed lazy_gap_evals =
+    # 0.5·λ/(n (c_1 + c_μ)). Simulate that counter over 40 generations (with fastes' c_1 and
+    # c_μ) and compare with the generations whose tell actually called eigh (both namespaces:
+    # numpy up to D = 24, torch above).
+    from fastes.strategies import _ops
+
+    s = make("cma_es", {"x": torch.zeros(n)}, population_size=lam, minimize=True, mode="batched")
+    calls = []
+    for ops in (_ops.NumpyOps, _ops.TorchOps):
+        monkeypatch.setattr(
+            ops, "eigh", staticmethod(lambda a, f=ops.eigh: calls.append(1) or f(a))
+        )
+    st, decomposed = s.init({"x": torch.ones(n)}), []
+    for g in range(1, 41):
+        before = len(calls)
+        st, _ = s.step(st, lambda p: sphere(p["x"]), fastes.fold_in(fastes.key(3), g))
+        if len(calls) > before:
+            decomposed.append(g)
+    gap_evals = 0.5 * lam / (n * (s.p.c_1 + s.p.c_mu))
+    expected, updated = [], 0
+    for g in range(1, 41):  # purecma: after g tells, counteval = g·λ, checked at the next ask
+        if g * lam > updated + gap_evals:
+            expected.append(g)
+            updated = g * lam
+    assert decomposed == expected
+    assert len(expected) < 40 or n == 10 and lam == 16  # the rule skips generations here
+
+
+def test_numpy_eigh_is_numpys_eigh_and_raises_where_it_does():
+    # NumpyOps.eigh calls numpy's LAPACK gufunc without np.linalg.eigh's wrapper: the same bits,
+    # one matrix or stacked, and the same LinAlgError where LAPACK does not converge.
+    from fastes.strategies._ops import NumpyOps
+
+    rng = np.random.default_rng(0)
+    for shape in [(10, 10), (64, 10, 10), (3, 24, 24), (1, 1)]:
+        a = rng.standard_normal(shape)
+        a = a + np.swapaxes(a, -1, -2)
+        (w, v), (w0, v0) = NumpyOps.eigh(a), np.linalg.eigh(a)
+        assert np.array_equal(w, w0) and np.array_equal(v, v0), shape
+    bad = rng.standard_normal((10, 10))
+    bad = bad + bad.T
+    bad[0, 0] = np.nan
+    with np.errstate(invalid="ignore"):
+        for f in (np.linalg.eigh, NumpyOps.eigh):
+            with pytest.raises(np.linalg.LinAlgError):
+                f(bad)
+
+
 @pytest.mark.parametrize(
     "name, D", [("cma_es", 8), ("sep_cma_es", 8), ("sep_cma_es", 100), ("xnes", 8)]
 )
