@@ -17,6 +17,7 @@ is O(chunk·D + P + D).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -110,6 +111,7 @@ class FitnessStats(NamedTuple):
         return self.min if self.minimize else self.max
 
 
+@functools.lru_cache(maxsize=64)  # a pure function of its arguments, asked every generation
 def default_chunk_size(dim: int, dtype: torch.dtype, device: torch.device, per_row: int) -> int:
     """Members per evaluation chunk: about DEFAULT_CHUNK_BYTES (CPU) or
     DEFAULT_CHUNK_BYTES_CUDA of flat members, a multiple of ``per_row`` (antithetic pairs)."""
@@ -148,7 +150,7 @@ def _flat_estimate(
     rows_per_chunk = max(1, min(chunk_size // per_row, n_rows))
     # Under torch.distributed this rank evaluates its slice of the rows; others' come by gather.
     group = distributed.current()
-    r_lo, r_hi = distributed.member_range(n_rows, group)
+    r_lo, r_hi = (0, n_rows) if group is None else distributed.member_range(n_rows, group)
     if exchange == "auto":  # measured once per group and configuration (fastes.distributed)
         exchange = distributed.choose_exchange(
             n_rows, D, lambda n: source.weighted_sum(key, torch.arange(r_lo, r_lo + n,
@@ -164,6 +166,7 @@ def _flat_estimate(
     # this process evaluated every row it sums.
     cache = (group is None or partial) and (s_hi - s_lo) * D * 4 <= memory_budget
     cached: list[torch.Tensor] = []
+    n_cached = 0  # rows in ``cached``
     # One member buffer reused by every chunk on the CPU, where fresh large allocations fault in
     # new pages each time (measured: a fresh 100 MB cat took 150 ms here). Elsewhere the sources
     # allocate (the CUDA caching allocator recycles; the perturb kernel returns its own tensor).
@@ -186,6 +189,7 @@ def _flat_estimate(
             members, eps = source.perturb(key, rows, theta, sigma, antithetic, buf)
         if cache and eps is not None:
             cached.append(eps)
+            n_cached += eps.shape[0]
         out = evaluate_population(fitness_fn, members, rav, mode=mode, fitness_args=fitness_args)
         if fitness is None and n == (r_hi - r_lo) * per_row:  # one chunk: a copy of it
             fitness = out.detach().clone()
@@ -208,7 +212,7 @@ def _flat_estimate(
     row_w = from_host(w[0::2] - w[1::2] if antithetic else w)  # (n_rows,)
     if row_w.dtype != torch.float32 or row_w.device != theta.device:
         row_w = row_w.to(device=theta.device, dtype=torch.float32)
-    if cache and sum(e.shape[0] for e in cached) == s_hi - s_lo:
+    if cache and n_cached == s_hi - s_lo:
         # In the sources' tiles, whatever the evaluation chunks were: a BLAS whose gemv sums
         # several rows at once (AVX-512 builds) rounds chunk-by-chunk sums differently, so the
         # chunk size would change the bits. The tiles are cut from the kept chunks (a tile's

@@ -90,9 +90,14 @@ def on_host(fn: Callable, *xs: torch.Tensor, host: bool = True) -> Any:
     arrays do not mix with). Same bits on both sides for operands of one dtype and Python
     numbers; not for a 0-d operand of a wider dtype (numpy promotes the result to it, torch
     casts the 0-d operand down): cast it first."""
-    hs = tuple(map(host_view, xs)) if host else ()
-    if not hs or not all(isinstance(h, np.ndarray) for h in hs):
+    if not host:
         return fn(*xs)
+    hs = []
+    for x in xs:
+        h = host_view(x)
+        if h is x:  # a tensor without a host view: all of them stay tensors
+            return fn(*xs)
+        hs.append(h)
     out = fn(*hs)
     return tuple(map(from_host, out)) if isinstance(out, tuple) else from_host(out)
 
