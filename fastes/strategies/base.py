@@ -53,7 +53,7 @@ from ..shaping import (
     shape_fitness,
 )
 from ..tree import HOST_MAX, as_dtype, host_view, raveler
-from ._ops import NumpyOps
+from ._ops import NumpyOps, ops_for
 
 __all__ = ["Strategy"]
 
@@ -477,6 +477,26 @@ class Strategy:
             if w is not None:
                 return w
         return torch.stack([self._scores(row, method) for row in fitness])
+
+
+class OpsSampled:
+    """Mixin (before :class:`Strategy` in the bases) for strategies whose members come from
+    float64 noise through :meth:`Strategy._sample` written against the namespaces of
+    :mod:`fastes.strategies._ops` (CMA-ES, sep-CMA-ES, xNES): their members, and whether a
+    generation runs on the host. ``separable``: an update without eigendecompositions or D x D
+    products (its own, higher numpy bound)."""
+
+    separable = False
+
+    def _members_from(self, state, z):
+        """x from z (..., m, D) (a leading run dim for batched runs) by :meth:`_sample`,
+        computed in float64 and returned in the params' flat dtype."""
+        ops = ops_for(z, self.separable)
+        x, _ = self._sample(ops, ops.fields(state), ops.f64(ops.arr(z)), z.ndim > 2)
+        return ops.tensor(x, self.raveler.flat_dtype)
+
+    def _on_host(self, state) -> bool:
+        return ops_for(state.mean, self.separable) is NumpyOps
 
 
 def diagonal_form(state) -> tuple[torch.Tensor, torch.Tensor]:

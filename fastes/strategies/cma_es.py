@@ -18,7 +18,7 @@ import torch
 
 from .._validate import real
 from ._ops import NumpyOps, TorchOps, ops_for
-from .base import Strategy
+from .base import OpsSampled, Strategy
 
 
 class CMAParams(NamedTuple):
@@ -83,9 +83,8 @@ class CMAState(NamedTuple):
     generation: torch.Tensor
 
 
-class CMAES(Strategy):
+class CMAES(OpsSampled, Strategy):
     name = "cma_es"
-    separable = False
 
     def __init__(self, params, population_size: int | None = None, *, sigma: float = 1.0, **kwargs):
         super().__init__(params, population_size, **kwargs)
@@ -127,16 +126,6 @@ class CMAES(Strategy):
         namespace ``ops``: ``(x, y)`` (the update reads y again, in rank order)."""
         y = self._y(ops, s.B, s.D, z, runs)
         return s.mean[..., None, :] + s.sigma[..., None, None] * y, y
-
-    def _members_from(self, state, z):
-        """x = m + σ·B D z for z (..., m, D) (a leading run dim for batched runs), computed in
-        float64 and returned in the params' flat dtype."""
-        ops = ops_for(z, self.separable)
-        x, _ = self._sample(ops, ops.fields(state), ops.f64(ops.arr(z)), z.ndim > 2)
-        return ops.tensor(x, self.raveler.flat_dtype)
-
-    def _on_host(self, state) -> bool:
-        return ops_for(state.mean, self.separable) is NumpyOps
 
     def _tell(self, state, key, fitness):
         order = self._order(fitness)  # best first

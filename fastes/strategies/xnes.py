@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 
 from ._ops import NumpyOps, ops_for
+from .base import OpsSampled
 from .cma_es import _times_t
 from .snes import NESBase
 
@@ -31,7 +32,7 @@ class XNESState(NamedTuple):
     generation: torch.Tensor
 
 
-class XNES(NESBase):
+class XNES(OpsSampled, NESBase):
     name = "xnes"
 
     def __init__(self, params, population_size: int | None = None, **kwargs):
@@ -57,16 +58,6 @@ class XNES(NESBase):
         namespace ``ops``: ``(x, None)``."""
         sz = s.sigma[..., None, None] * z
         return s.mean[..., None, :] + ops.each(_times_t, sz, s.B, runs=runs), None
-
-    def _members_from(self, state, z):
-        """x = μ + σ·B z for z (..., m, D) (a leading run dim for batched runs), computed in
-        float64 and returned in the params' flat dtype."""
-        ops = ops_for(z)
-        x, _ = self._sample(ops, ops.fields(state), ops.f64(ops.arr(z)), z.ndim > 2)
-        return ops.tensor(x, self.raveler.flat_dtype)
-
-    def _on_host(self, state) -> bool:
-        return ops_for(state.mean) is NumpyOps
 
     def _tell(self, state, key, fitness):
         u = self._scores(fitness, "nes").double()  # (P,)
