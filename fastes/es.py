@@ -150,6 +150,20 @@ def _flat_estimate(
     rows_per_chunk = max(1, min(chunk_size // per_row, n_rows))
     # Under torch.distributed this rank evaluates its slice of the rows; others' come by gather.
     group = distributed.current()
+    if (group is None and n_rows <= min(rows_per_chunk, _LANES) and theta.is_cpu
+            and isinstance(source, TableNoise) and D <= _GATHER_MAX_DIM
+            and n_rows * D * 4 <= memory_budget
+            and not torch.compiler.is_compiling()):  # fmt: skip
+        # A small problem in one process (every small-D generation): the loop below's single
+        # chunk from row 0 — the table's first rows, kept for ĝ — without its bookkeeping
+        eps = source.first_rows(key_words(key), n_rows, D)
+        members = _fill_members(theta, eps, sigma, antithetic, None)
+        out = evaluate_population(fitness_fn, members, rav, mode=mode, fitness_args=fitness_args)
+        fitness = out.detach() if out.requires_grad else out
+        weights, counts, row_w = _row_weights(fitness, shaping, objective_weights, minimize,
+                                              antithetic, theta.device)  # fmt: skip
+        g = _tiled_weighted_sum(_kept_rows([eps]), range(n_rows), row_w, D)
+        return _scaled(g, P, sigma, theta.dtype), FitnessStats(fitness, weights, *counts, minimize)
     r_lo, r_hi = (0, n_rows) if group is None else distributed.member_range(n_rows, group)
     if exchange == "auto":  # measured once per group and configuration (fastes.distributed)
         exchange = distributed.choose_exchange(
@@ -191,8 +205,8 @@ def _flat_estimate(
             cached.append(eps)
             n_cached += eps.shape[0]
         out = evaluate_population(fitness_fn, members, rav, mode=mode, fitness_args=fitness_args)
-        if fitness is None and n == (r_hi - r_lo) * per_row:  # one chunk: a copy of it
-            fitness = out.detach().clone()
+        if fitness is None and n == (r_hi - r_lo) * per_row:  # one chunk: it, as it came
+            fitness = out.detach() if out.requires_grad else out  # (`pop` is not reused now)
             continue
         if fitness is None:
             fitness = out.new_empty(((r_hi - r_lo) * per_row, *out.shape[1:]))
@@ -205,13 +219,8 @@ def _flat_estimate(
         fitness[m0 : m0 + out.shape[0]] = out.detach()  # copy now: `pop` is reused next chunk
     if group is not None:
         fitness = distributed.gather_rows(fitness, n_rows, per_row, group)
-    weights, shape_stats = shape_fitness(
-        fitness, shaping, objective_weights=objective_weights, minimize=minimize
-    )
-    w = host_view(weights)  # the fold on the host where the weights are small
-    row_w = from_host(w[0::2] - w[1::2] if antithetic else w)  # (n_rows,)
-    if row_w.dtype != torch.float32 or row_w.device != theta.device:
-        row_w = row_w.to(device=theta.device, dtype=torch.float32)
+    weights, counts, row_w = _row_weights(fitness, shaping, objective_weights, minimize,
+                                          antithetic, theta.device)  # fmt: skip
     if cache and n_cached == s_hi - s_lo:
         # In the sources' tiles, whatever the evaluation chunks were: a BLAS whose gemv sums
         # several rows at once (AVX-512 builds) rounds chunk-by-chunk sums differently, so the
@@ -224,10 +233,26 @@ def _flat_estimate(
         g = source.weighted_sum(key, rows, row_w[s_lo:s_hi], D)
     if partial:
         g = distributed.sum_in_rank_order(g, group)
-    # / Pσ on the host where small (a Python number divides in the array's dtype on both sides)
-    g = on_host(lambda x: x / (P * sigma), as_dtype(g, theta.dtype))
-    stats = FitnessStats(fitness, weights, shape_stats.nan_count, shape_stats.inf_count, minimize)
-    return g, stats
+    return _scaled(g, P, sigma, theta.dtype), FitnessStats(fitness, weights, *counts, minimize)
+
+
+def _row_weights(fitness, shaping, objective_weights, minimize, antithetic, device):
+    """The generation's shaped weights (P,), their NaN / inf counts, and each noise row's
+    weight (float32 on ``device``): w⁺ − w⁻ of its antithetic pair, or its member's."""
+    weights, counts = shape_fitness(
+        fitness, shaping, objective_weights=objective_weights, minimize=minimize
+    )
+    w = host_view(weights)  # the fold on the host where the weights are small
+    row_w = from_host(w[0::2] - w[1::2] if antithetic else w)  # (n_rows,)
+    if row_w.dtype != torch.float32 or row_w.device != device:
+        row_w = row_w.to(device=device, dtype=torch.float32)
+    return weights, counts, row_w
+
+
+def _scaled(g: torch.Tensor, P: int, sigma: float, dtype: torch.dtype) -> torch.Tensor:
+    """ĝ = Σ / (Pσ) in θ's dtype: on the host where small (a Python number divides in the
+    array's dtype on both sides)."""
+    return on_host(lambda x: x / (P * sigma), as_dtype(g, dtype))
 
 
 def _kept_rows(chunks: list[torch.Tensor]) -> Callable[[range], torch.Tensor]:

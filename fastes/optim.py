@@ -32,7 +32,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from ._validate import real
-from .tree import host_view, on_host, tree_leaves, tree_map, tree_map_n
+from .tree import host_view, next_count, on_host, tree_leaves, tree_map, tree_map_n
 
 __all__ = [
     "GradientTransformation",
@@ -217,11 +217,13 @@ def sgd(learning_rate) -> GradientTransformation:
     schedule = _lr_schedule(learning_rate)
 
     def update(grad, state, params=None):
-        lr = schedule(int(state.count))
-        return tree_map(lambda g: _member(lr, g) * g, grad), SgdState(state.count + 1)
+        n = int(state.count)
+        lr = schedule(n)
+        return tree_map(lambda g: _member(lr, g) * g, grad), SgdState(next_count(state.count, n))
 
     def linear(state):  # per-member (tensor) rates are not one scalar: no linear form then
-        return schedule(int(state.count)), SgdState(state.count + 1)
+        n = int(state.count)
+        return schedule(n), SgdState(next_count(state.count, n))
 
     per_member = isinstance(learning_rate, torch.Tensor)
     init = lambda params: SgdState(_count(params))  # noqa: E731
@@ -237,10 +239,12 @@ def momentum(learning_rate, beta: float = 0.9, nesterov: bool = False):
         return MomentumState(_zeros_f32(params), _count(params))
 
     def update(grad, state, params=None):
-        lr = schedule(int(state.count))
+        n = int(state.count)
+        lr = schedule(n)
         v = tree_map(lambda v, g: _member(beta, v) * v + g, state.velocity, grad)
         step = tree_map(lambda v, g: _member(beta, v) * v + g, v, grad) if nesterov else v
-        return tree_map(lambda s: _member(lr, s) * s, step), MomentumState(v, state.count + 1)
+        new_state = MomentumState(v, next_count(state.count, n))
+        return tree_map(lambda s: _member(lr, s) * s, step), new_state
 
     return GradientTransformation(init, update, elementwise=True)
 
@@ -266,6 +270,10 @@ def adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
         lr, c1, c2 = schedule(n), 1 - b1 ** (n + 1), 1 - b2 ** (n + 1)
 
         def moments(m, v, g):  # one leaf's moments and step
+            if scalars:  # numbers as they are (no per-member views to make)
+                m = b1 * m + (1 - b1) * g
+                v = b2 * v + (1 - b2) * g * g
+                return m, v, lr * (m / c1) / (_sqrt(v / c2) + eps)
             at = lambda h: _member(h, m)  # noqa: E731
             m = at(b1) * m + (1 - at(b1)) * g
             v = at(b2) * v + (1 - at(b2)) * g * g
@@ -277,7 +285,7 @@ def adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
             mu, nu, step = leaf(state.mu, state.nu, grad)
         else:
             mu, nu, step = tree_map_n(leaf, 3, state.mu, state.nu, grad)
-        return step, AdamState(state.count + 1, mu, nu)
+        return step, AdamState(next_count(state.count, n), mu, nu)
 
     return GradientTransformation(init, update, elementwise=True)
 
@@ -296,7 +304,8 @@ def clipup(learning_rate, max_speed: float | None = None, beta: float = 0.9):
         return ClipUpState(_zeros_f32(params), _count(params))
 
     def update(grad, state, params=None):
-        lr = schedule(int(state.count))
+        n = int(state.count)
+        lr = schedule(n)
         max_speed = 2 * lr if speed is None else speed
 
         def clip(*leaves):  # the velocity's leaves, then the gradient's: host arrays or tensors
@@ -321,7 +330,7 @@ def clipup(learning_rate, max_speed: float | None = None, beta: float = 0.9):
             g_leaves, spec = pytree.tree_flatten(grad)
             vs = on_host(clip, *tree_leaves(state.velocity), *g_leaves)
             v = pytree.tree_unflatten(list(vs), spec)
-        return v, ClipUpState(v, state.count + 1)
+        return v, ClipUpState(v, next_count(state.count, n))
 
     return GradientTransformation(init, update)
 
@@ -349,9 +358,10 @@ def add_decayed_weights(weight_decay: float, learning_rate=1.0) -> GradientTrans
     def update(grad, state, params):
         if params is None:
             raise ValueError("add_decayed_weights needs params: call update(grad, state, params)")
-        scale = schedule(int(state.count)) * wd
+        n = int(state.count)
+        scale = schedule(n) * wd
         new = tree_map(lambda g, p: g - _member(scale, p) * p.detach(), grad, params)
-        return new, DecayState(state.count + 1)
+        return new, DecayState(next_count(state.count, n))
 
     init = lambda params: DecayState(_count(params))  # noqa: E731
     return GradientTransformation(init, update, elementwise=True)
@@ -449,6 +459,6 @@ def torch_optimizer(optimizer_class: type, **hyperparameters: Any) -> GradientTr
             lambda t: t.detach().clone() if isinstance(t, torch.Tensor) else t,
             opt.state_dict()["state"],
         )
-        return updates, TorchOptimizerState(state.count + 1, new_state)
+        return updates, TorchOptimizerState(next_count(state.count), new_state)
 
     return GradientTransformation(init, update)

@@ -107,8 +107,10 @@ def _philox_lane_ints(n: int, c0, c1, c2, c3, k0, k1, rounds: int = 10):
     words are ints (one key for every lane) or uint64 arrays of n values (a key per lane: the
     offsets of R runs' rows at once, :func:`fastes.noise.table_offsets`)."""
     ones, low = _lane_masks(n)
-    a, b, c, d = (w if isinstance(w, _Lanes) else w * ones if isinstance(w, int) else
-                  _to_lanes(w) for w in (c0, c1, c2, c3))  # fmt: skip
+    if type(c0) is _Lanes and type(c1) is type(c2) is type(c3) is int:  # rows 0..n−1's counters
+        a, b, c, d = c0, c1 * ones, c2 * ones, c3 * ones
+    else:
+        a, b, c, d = (_as_lanes(w, ones) for w in (c0, c1, c2, c3))
     if isinstance(k0, int) and isinstance(k1, int):
         r0, r1 = k0, k1  # the round keys, bumped as they go (a fresh key each call: no cache)
         for _ in range(rounds):
@@ -126,6 +128,12 @@ def _philox_lane_ints(n: int, c0, c1, c2, c3, k0, k1, rounds: int = 10):
             ((p0 >> 32) & low) ^ d ^ r1, p0 & low  # fmt: skip
         r0, r1 = (r0 + w0) & low, (r1 + w1) & low
     return a, b, c, d
+
+
+def _as_lanes(w, ones: int) -> int:
+    """A counter word as lanes: a :class:`_Lanes` as it is, an int in every lane, or an array's
+    values one per lane."""
+    return w if isinstance(w, _Lanes) else w * ones if isinstance(w, int) else _to_lanes(w)
 
 
 def _to_lanes(w: np.ndarray) -> int:
@@ -217,6 +225,12 @@ def check_key(k: torch.Tensor, name: str = "key") -> torch.Tensor:
     The word range is checked for CPU keys outside ``torch.compile`` (where reading two values is
     free); a GPU key is not read back, so checking it would cost a device sync every step.
     """
+    _checked_words(_check_key_type(k, name), name)
+    return k
+
+
+def _check_key_type(k: torch.Tensor, name: str) -> torch.Tensor:
+    """:func:`check_key`'s type, dtype and shape test (not the word range)."""
     if not isinstance(k, torch.Tensor) or k.dtype != torch.int64 or tuple(k.shape) != (2,):
         got = (
             f"tensor of dtype {k.dtype} and shape {tuple(k.shape)}"
@@ -227,14 +241,22 @@ def check_key(k: torch.Tensor, name: str = "key") -> torch.Tensor:
             f"{name} must be a key made by fastes.key(seed): an int64 tensor of shape (2,); "
             f"got {got}"
         )
+    return k
+
+
+def _checked_words(k: torch.Tensor, name: str = "key") -> tuple[int, int] | None:
+    """The words of a key whose type and shape :func:`check_key` checked: for an eager CPU key
+    its two Python ints, checked to be uint32 values (one read serves the check and the
+    caller's arithmetic); None for keys not read here (GPUs, ``torch.compile``)."""
     if k.is_cpu and not torch.compiler.is_compiling():
-        words = k.tolist()
-        if not (0 <= words[0] <= MASK32 and 0 <= words[1] <= MASK32):
+        k0, k1 = k.tolist()
+        if not (0 <= k0 <= MASK32 and 0 <= k1 <= MASK32):
             raise ValueError(
-                f"{name} words must be uint32 values in [0, 2**32); got {words} "
+                f"{name} words must be uint32 values in [0, 2**32); got {[k0, k1]} "
                 "(make keys with fastes.key(seed), split and fold_in)"
             )
-    return k
+        return k0, k1
+    return None
 
 
 def key(seed: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -331,9 +353,11 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
     """
     if isinstance(k, torch.Tensor) and k.ndim == 2:
         check_keys(k, "k")
+        words = None
     else:
-        check_key(k)
-    eager_cpu = k.ndim == 1 and k.is_cpu and not torch.compiler.is_compiling()
+        # one key: checked, and its words read once where eager CPU code folds with them
+        words = _checked_words(_check_key_type(k, "key"))
+    eager_cpu = words is not None
     if isinstance(data, torch.Tensor) and not (
         eager_cpu and data.is_cpu and data.numel() == 1
         and not (data.is_floating_point() or data.is_complex())
@@ -347,7 +371,7 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
         u = data % 2**64
         if eager_cpu:
             # One counter, all Python ints (~10 µs; the tensor route costs ~80 µs of dispatch).
-            w0, w1, _, _ = _philox_ints(u & MASK32, u >> 32, 0, TAG_FOLD, *key_words(k))
+            w0, w1, _, _ = _philox_ints(u & MASK32, u >> 32, 0, TAG_FOLD, *words)
             return torch.from_numpy(np.array((w0, w1), dtype=np.int64))  # ~1 µs: torch.tensor 3
         if k.ndim == 2 and k.is_cpu and not torch.compiler.is_compiling():
             # A batch of keys: one counter, a key per lane (64 keys: ~30 µs against ~190 µs

@@ -89,8 +89,9 @@ def _rank_weights_small(f: torch.Tensor, method: str, negate: bool = False) -> t
     ranked alone (:class:`fastes.strategies.BatchedRuns`), None if any row needs the general
     path."""
     v = f.detach().numpy() if f.requires_grad else f.numpy()
-    v = -v if negate else v  # exact, as torch's -f
-    order = v.argsort(axis=-1, kind="stable")  # ascending: position 0 is the worst
+    # Ascending: position 0 is the worst, or with ``negate`` the best (without ties, -f's
+    # ascending order is f's reversed: the table goes in reversed instead, no -f to make)
+    order = v.argsort(axis=-1, kind="stable")
     one = v.ndim == 1  # one run: plain indexing (take/put_along_axis cost ~5-10 µs each)
     s = v[order] if one else np.take_along_axis(v, order, -1)
     # Sorted ascending with NaN last: finite and without ties iff its ends are finite and it
@@ -102,11 +103,12 @@ def _rank_weights_small(f: torch.Tensor, method: str, negate: bool = False) -> t
         ends_finite = np.logical_and.reduce(np.isfinite(s[..., :: n - 1]), axis=None)
     if not ends_finite or not np.logical_and.reduce(s[..., 1:] > s[..., :-1], axis=None):
         return None
-    k = (n, method, v.dtype.str)
+    k = (n, method, v.dtype.str, negate)
     if k not in _TABLES_NP:
         if len(_TABLES_NP) > 64:
             _TABLES_NP.clear()
-        _TABLES_NP[k] = _make_rank_table(n, method, torch.float64, "cpu").numpy().astype(v.dtype)
+        table = _make_rank_table(n, method, torch.float64, "cpu").numpy().astype(v.dtype)
+        _TABLES_NP[k] = table[::-1].copy() if negate else table
     w = np.empty_like(v)
     if one:
         w[order] = _TABLES_NP[k]

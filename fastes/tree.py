@@ -39,6 +39,9 @@ def tree_map(fn: Callable, tree: Any, *rest: Any) -> Any:
 # Up to this many elements an eager CPU tensor's arithmetic may run in numpy (host_view): torch's
 # elementwise grain size, below which its kernels run on one thread as numpy's do.
 HOST_MAX = 2**15
+# Whether small eager CPU arithmetic may run in numpy at all (host_view, on_host): tests set it
+# False to run the same expressions on the tensors and compare the bits.
+HOST_ARITHMETIC = True
 # The dtypes a tensor's numpy view can have (numpy has no bfloat16 or float8)
 _NUMPY_DTYPES = frozenset({
     torch.float16, torch.float32, torch.float64, torch.complex64, torch.complex128, torch.bool,
@@ -66,7 +69,7 @@ def host_view(t: torch.Tensor) -> torch.Tensor | np.ndarray:
     within a derived bound of the exact value. A dtype numpy lacks (bfloat16, float8) stays a
     tensor."""
     if (
-        not t.is_cpu or t.requires_grad or t.numel() > HOST_MAX
+        not HOST_ARITHMETIC or not t.is_cpu or t.requires_grad or t.numel() > HOST_MAX
         or t.dtype not in _NUMPY_DTYPES or torch.compiler.is_compiling()
     ):  # fmt: skip
         return t
@@ -90,16 +93,25 @@ def on_host(fn: Callable, *xs: torch.Tensor, host: bool = True) -> Any:
     arrays do not mix with). Same bits on both sides for operands of one dtype and Python
     numbers; not for a 0-d operand of a wider dtype (numpy promotes the result to it, torch
     casts the 0-d operand down): cast it first."""
-    if not host:
+    if not host or not HOST_ARITHMETIC or torch.compiler.is_compiling():
         return fn(*xs)
     hs = []
-    for x in xs:
-        h = host_view(x)
-        if h is x:  # a tensor without a host view: all of them stay tensors
-            return fn(*xs)
-        hs.append(h)
+    for x in xs:  # host_view's test, the compile check made once for all of them
+        if (not x.is_cpu or x.requires_grad or x.numel() > HOST_MAX
+                or x.dtype not in _NUMPY_DTYPES):  # fmt: skip
+            return fn(*xs)  # a tensor without a host view: all of them stay tensors
+        hs.append(x.numpy())
     out = fn(*hs)
     return tuple(map(from_host, out)) if isinstance(out, tuple) else from_host(out)
+
+
+def next_count(c: torch.Tensor, n: int | None = None) -> torch.Tensor:
+    """``c + 1`` for a step counter ``c`` (an int64 0-d tensor; ``n`` its value where the caller
+    has read it): on the eager CPU a fresh tensor made from the Python int (~1 µs against ~2.5
+    µs of a tensor add, made twice in a small-D generation); elsewhere the add (no host read)."""
+    if c.is_cpu and c.ndim == 0 and c.dtype == torch.int64 and not torch.compiler.is_compiling():
+        return torch.from_numpy(np.array((int(c) if n is None else n) + 1, dtype=np.int64))
+    return c + 1
 
 
 def as_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -120,6 +132,9 @@ class Raveler(NamedTuple):
     # The keys of a flat dict of tensors (``dict(model.named_parameters())``, ``{"x": t}``):
     # rebuilt directly, the same dict tree_unflatten makes at ~4x its cost. None otherwise.
     dict_keys: tuple | None = None
+    # The key of a dict's one leaf when it is a vector in the flat dtype (``{"x": t}``, the
+    # black-box problems): the flat vectors themselves are its values, with nothing to cut.
+    vector_key: Any = None
 
     @property
     def dim(self) -> int:
@@ -141,6 +156,8 @@ class Raveler(NamedTuple):
         return self._cut(flat, tuple(flat.shape[:-1]))
 
     def _cut(self, flat: torch.Tensor, batch: tuple[int, ...]) -> Any:
+        if self.vector_key is not None and flat.dtype == self.flat_dtype:
+            return {self.vector_key: flat}  # what the general path below builds for it
         # One leaf (a flat problem): the whole vector, as split's single part would view it
         parts = (flat,) if len(self.sizes) == 1 else torch.split(flat, self.sizes, dim=-1)
         leaves = []
@@ -188,6 +205,7 @@ def raveler(tree: Any, name: str = "params") -> Raveler:
     keys = tuple(tree) if type(tree) is dict else None
     if keys is not None and pytree.tree_structure(dict.fromkeys(keys, 0)) != spec:
         keys = None  # nested: pytree rebuilds it
+    vector = keys is not None and len(leaves) == 1 and leaves[0].ndim == 1
     return Raveler(
         spec=spec,
         shapes=tuple(leaf.shape for leaf in leaves),
@@ -196,6 +214,7 @@ def raveler(tree: Any, name: str = "params") -> Raveler:
         device=leaves[0].device,
         flat_dtype=flat_dtype,
         dict_keys=keys,
+        vector_key=keys[0] if vector and leaves[0].dtype == flat_dtype else None,
     )
 
 

@@ -25,7 +25,7 @@ from .. import optim
 from .._validate import positive_int
 from ..schedules import resolve
 from ..shaping import shape_fitness
-from ..tree import from_host
+from ..tree import from_host, next_count
 from .base import Strategy, _runs_weighted_sums, scheduled_sigma_form
 
 
@@ -151,7 +151,9 @@ class ARS(Strategy):
         else:
             updates, opt_state = self.optimizer.update(direction, state.opt_state, state.mean)
             mean = state.mean + updates
-        return state._replace(mean=mean, generation=state.generation + 1, opt_state=opt_state)
+        return state._replace(
+            mean=mean, generation=next_count(state.generation), opt_state=opt_state
+        )
 
     # -- V2: observation normalisation hook -------------------------------------------------
     def observe(self, state: ARSState, observations: torch.Tensor) -> ARSState:

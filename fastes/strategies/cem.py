@@ -15,7 +15,7 @@ import torch
 
 from .._validate import real
 from ..schedules import resolve
-from ..tree import host_view
+from ..tree import host_view, next_count
 from .base import Strategy, diagonal_form
 
 
@@ -84,7 +84,7 @@ class CEM(Strategy):
         a = self.smoothing
         extra = self.noise_floor(int(state.generation))
         if a == 1:  # the default: the elite statistics themselves (0·x + 1·y is y, ±0 aside)
-            return CEMState(elite_mean, elite_std + extra, state.generation + 1)
+            return CEMState(elite_mean, elite_std + extra, next_count(state.generation))
         mean = (1 - a) * state.mean + a * elite_mean
         sigma = (1 - a) * state.sigma + a * (elite_std + extra)
-        return CEMState(mean, sigma, state.generation + 1)
+        return CEMState(mean, sigma, next_count(state.generation))

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 
 from .._validate import real
+from ..tree import next_count
 from ._ops import NumpyOps, TorchOps, ops_for
 from .base import OpsSampled, Strategy
 
@@ -202,7 +203,7 @@ class CMAES(OpsSampled, Strategy):
         # Member i's recombination weight.
         weights = ops.scatter(order, w)
         arrays = (mean, sigma, C, B, D, p_sigma, p_c)
-        return CMAState(*map(ops.tensor, arrays), state.generation + 1), weights
+        return CMAState(*map(ops.tensor, arrays), next_count(state.generation)), weights
 
     def _constants(self, ops) -> tuple:
         """The recombination weights and the negative ones times D, in ``ops``' namespace

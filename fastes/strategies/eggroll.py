@@ -32,6 +32,7 @@ from ..evaluate import _check_output
 from ..lowrank import LowRankNoise
 from ..population import Population, population_inputs
 from ..prng import check_key
+from ..tree import next_count
 from .base import Strategy
 from .open_es import OpenES, OpenESState
 
@@ -147,7 +148,7 @@ class EGGROLL(OpenES):
             # frozen leaves copy θ). Same sum, its rounding in the GEMM's epilogue.
             lr, opt_state = linear(state.opt_state)
             mean = self.noise.weighted_sum_drawn(drawn, row_w, scale * lr, base=state.mean)
-            return OpenESState(mean, opt_state, state.generation + 1), w
+            return OpenESState(mean, opt_state, next_count(state.generation)), w
         g = self.noise.weighted_sum_drawn(drawn, row_w, scale).to(state.mean.dtype)
         return self._update(state, g), w
 

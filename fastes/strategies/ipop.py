@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 
 from .._validate import positive_int, real
+from ..tree import next_count
 from .base import Strategy
 from .cma_es import CMAES, CMAState, SepCMAES
 
@@ -116,7 +117,7 @@ class IPOP(Strategy):
             or float(inner.sigma * inner.D.max()) < self.tol_x * self.sigma0
             or float(inner.D.max() / inner.D.min()) ** 2 > 1e14
         )
-        gen = state.generation + 1
+        gen = next_count(state.generation)
         if stalled and r < self.max_restarts:
             r += 1
             nxt = self.inner(r)

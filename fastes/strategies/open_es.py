@@ -21,6 +21,7 @@ from ..es import _flat_estimate
 from ..prng import check_key
 from ..schedules import resolve
 from ..shaping import METHODS
+from ..tree import next_count
 from .base import Strategy, _runs_weighted_sums, scheduled_sigma_form
 
 
@@ -76,15 +77,18 @@ class OpenES(Strategy):
 
     _affine = scheduled_sigma_form
 
-    def _update(self, state, g) -> OpenESState:
+    def _update(self, state, g, n: int | None = None) -> OpenESState:
+        """The step from ĝ (``n``: the generation, where the caller has read it)."""
         updates, opt_state = self.optimizer.update(g, state.opt_state, state.mean)
-        return OpenESState(state.mean + updates, opt_state, state.generation + 1)
+        return OpenESState(state.mean + updates, opt_state, next_count(state.generation, n))
 
     def _tell(self, state, key, fitness):
-        sigma = self.sigma(int(state.generation))
+        n = int(state.generation)
         w = self._scores(fitness, self.shaping)
-        g = self._z_weighted_sum(key, w).to(state.mean.dtype) / (self.population_size * sigma)
-        return self._update(state, g), w
+        g = self._z_weighted_sum(key, w).to(state.mean.dtype) / (
+            self.population_size * self.sigma(n)
+        )
+        return self._update(state, g, n), w
 
     def _check_runs(self) -> None:
         self._require_elementwise(self.optimizer)
@@ -102,15 +106,16 @@ class OpenES(Strategy):
         rows kept for the gradient while they fit its memory budget)."""
         check_key(key)
         check_callable(fitness_fn, "fitness_fn")
+        n = int(state.generation)
         g, stats = _flat_estimate(
             state.mean, self.raveler, fitness_fn, key,
-            population_size=self.population_size, sigma=self.sigma(int(state.generation)),
+            population_size=self.population_size, sigma=self.sigma(n),
             antithetic=True, shaping=self.shaping, objective_weights=self.objective_weights,
             minimize=self.minimize, mode=self.mode, chunk_size=self.chunk_size,
             noise=self.noise, fitness_args=check_fitness_args(fitness_args),
             exchange=self.exchange,
         )  # fmt: skip
-        return self._update(state, g), stats
+        return self._update(state, g, n), stats
 
 
 __all__ = ["OpenES", "OpenESState"]

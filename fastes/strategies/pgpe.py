@@ -18,7 +18,7 @@ import torch
 
 from .. import optim
 from .._validate import real
-from ..tree import HOST_MAX, as_dtype, from_host, host_view, on_host
+from ..tree import HOST_MAX, as_dtype, from_host, host_view, next_count, on_host
 from .base import Strategy, _rows_weighted_sum, diagonal_form
 
 
@@ -151,4 +151,4 @@ class PGPE(Strategy):
     def _apply(self, state, grad_mean, sigma):
         """The new state: the optimizer's step of the mean (leading run dims allowed)."""
         updates, opt_state = self.optimizer.update(grad_mean, state.opt_state, state.mean)
-        return PGPEState(state.mean + updates, sigma, opt_state, state.generation + 1)
+        return PGPEState(state.mean + updates, sigma, opt_state, next_count(state.generation))

@@ -19,7 +19,7 @@ import torch
 
 from .._validate import real
 from ..schedules import resolve
-from ..tree import as_dtype
+from ..tree import as_dtype, next_count
 from .base import Strategy, _runs_weighted_sums, diagonal_form
 
 
@@ -87,4 +87,4 @@ class SNES(NESBase):
     def _update(self, state, grad_mu, grad_sigma):
         mean = state.mean + self.eta_mu(int(state.generation)) * state.sigma * grad_mu
         sigma = state.sigma * torch.exp(0.5 * self.eta_sigma * grad_sigma)
-        return SNESState(mean, sigma, state.generation + 1)
+        return SNESState(mean, sigma, next_count(state.generation))

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..tree import next_count
 from ._ops import NumpyOps, ops_for
 from .base import OpsSampled
 from .cma_es import _times_t
@@ -96,7 +97,7 @@ class XNES(OpsSampled, NESBase):
         g_b = (0.5 * self.eta_sigma) * (g_m - g_sigma[..., None, None] * eye)
         evals, V = ops.each(ops.eigh, g_b, runs=runs)
         B = ops.each(lambda b, v, e: _times_expm(ops, b, v, e), B, V, evals, runs=runs)
-        return XNESState(*map(ops.tensor, (mean, sigma, B)), state.generation + 1)
+        return XNESState(*map(ops.tensor, (mean, sigma, B)), next_count(state.generation))
 
 
 def _weighted_outer(ops, z, u, eye):
