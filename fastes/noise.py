@@ -50,7 +50,6 @@ from .prng import (
     MASK32,
     TAG_OFFSET,
     _batch_key_words,
-    _from_lanes,
     _lane_masks,
     _Lanes,
     _philox_lane_ints,
@@ -189,7 +188,9 @@ def _small_offsets(words: tuple, rows: np.ndarray | int, span: int) -> np.ndarra
     # 62 random bits (lane by lane: 30 bits of w1 above w1's 32, which stay inside each 64-bit
     # lane) mod span: the modulo bias is below span / 2^62, i.e. negligible.
     bits = ((w1 & _lane_masks(n)[0] * 0x3FFFFFFF) << 32) | w0
-    return (_from_lanes(bits, n) % u(span)).view(np.int64)
+    # the lanes read in place (the remainder is the fresh array; no copy of them first)
+    lanes = np.frombuffer(bits.to_bytes(8 * n, "little"), dtype="<u8")
+    return np.remainder(lanes, u(span), dtype=np.uint64).view(np.int64)
 
 
 @functools.lru_cache(maxsize=16)
