@@ -911,3 +911,43 @@ def test_stats_count_the_nan_and_inf_fitness_of_the_generation(name):
         assert (clean.nan_count, clean.inf_count) == (0, 0), name
         _, inf = s.step(st, infinite, fastes.fold_in(fastes.key(6), t))
         assert (inf.nan_count, inf.inf_count) == (0, 2), name
+
+
+@pytest.mark.parametrize("name", ["cma_es", "xnes"])
+def test_small_torch_namespace_linear_algebra_runs_on_one_thread(name, monkeypatch):
+    # Between NUMPY_MAX_DIM and ONE_THREAD_MAX_DIM the covariance updates run in torch, whose
+    # eigh and matmuls on two threads stall whenever a core is busy elsewhere (measured 4-16x
+    # per generation at D = 100): they run on one thread, the count restored after, and so give
+    # the same bits whatever the machine's thread count. Above the bound torch keeps its threads.
+    from fastes.strategies import _ops
+
+    seen = []  # the thread count at each decomposition and matrix-vector product
+    for op in ("eigh", "mv"):
+        f = getattr(_ops.TorchOps, op)
+        spy = lambda *a, f=f: seen.append(torch.get_num_threads()) or f(*a)  # noqa: E731
+        monkeypatch.setattr(_ops.TorchOps, op, staticmethod(spy))
+    threads = torch.get_num_threads()
+
+    def run(dim, n_threads):
+        torch.set_num_threads(n_threads)
+        try:
+            x0 = {"x": torch.linspace(-1, 1, dim)}
+            s = make(name, x0, population_size=12, minimize=True, mode="batched")
+            st = s.init(x0)
+            for t in range(7):  # CMA-ES decomposes C every few generations at these sizes
+                st, _ = s.step(
+                    st, lambda p: (p["x"] ** 2).sum(-1), fastes.fold_in(fastes.key(1), t)
+                )
+            assert torch.get_num_threads() == n_threads  # restored
+            return st
+        finally:
+            torch.set_num_threads(threads)
+
+    assert _ops.NUMPY_MAX_DIM < 40 <= _ops.ONE_THREAD_MAX_DIM < 160
+    one, two = run(40, 1), run(40, 2)
+    assert len(seen) >= 8 and set(seen) == {1}  # all on one thread, asked for 2 or 1
+    for a, b in zip(one, two, strict=True):
+        assert torch.equal(a, b)
+    seen.clear()
+    run(160, 2)
+    assert seen and set(seen) == {2}  # above the bound: the two threads asked for

@@ -13,11 +13,14 @@ Each update is written once against :func:`ops_for`'s namespace. Why numpy where
   and decompositions run by run (:func:`each_run`).
 
 The namespaces differ in the last bits (OpenBLAS vs MKL sums, numpy's vs torch's ``exp``), so a
-run's numbers depend on which one it used: deterministic per key, device and problem size.
+run's numbers depend on which one it used: deterministic per key, device and problem size. On the
+CPU the torch namespace runs on one thread up to ONE_THREAD_MAX_DIM (below), so there a run's
+numbers do not depend on the machine's thread count either (MKL's do, above it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,6 +41,44 @@ NUMPY_MAX_DIM = 24
 # and a torch strategy interleaved (not slowed: 0.22 / 0.23 ms): D = 100 0.29 / 0.42, D = 1000
 # 0.42 / 0.51, D = 10,000 5.2 / 4.7 (numpy's single-threaded elementwise ops lose there).
 NUMPY_MAX_DIM_SEPARABLE = 1024
+
+
+# Up to this D the torch namespace's products and decompositions on the CPU run on one thread.
+# With two, MKL's eigh and matmuls wait at each parallel region for both threads, and a core
+# taken by anything else (a rollout worker, another process, a VM's neighbour) stalls them:
+# measured on the 2-core dev CPU, CMA-ES at D = 100, P = 32, ms per generation, 2 / 1 threads:
+# 1.3 / 1.3 with the cores free, 5.6 / 1.4 with one busy (16.9 in a benchmark run on a loaded
+# VM); the second thread pays from D ~ 200 (1.55 / 1.73 free; D = 400: 3.2 / 4.0).
+ONE_THREAD_MAX_DIM = 128
+
+
+class _OneThread:
+    """torch (its OpenMP pool and MKL) on one thread inside, the thread count restored after.
+    The count is process-wide: other Python threads' torch ops in that window run on one too."""
+
+    __slots__ = ("threads",)
+
+    def __enter__(self) -> None:
+        self.threads = torch.get_num_threads()
+        if self.threads > 1:
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.threads > 1:
+            torch.set_num_threads(self.threads)
+
+
+_NO_CONTEXT = contextlib.nullcontext()
+
+
+def one_thread(ops: Any, x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Where ``ops`` is the torch namespace for an eager CPU problem of D = x.shape[-1] <=
+    ONE_THREAD_MAX_DIM: a context that runs its products and decompositions on one thread
+    (results then also do not depend on the machine's thread count); else a no-op context."""
+    if (ops is TorchOps and x.is_cpu and x.shape[-1] <= ONE_THREAD_MAX_DIM
+            and not torch.compiler.is_compiling()):  # fmt: skip
+        return _OneThread()
+    return _NO_CONTEXT
 
 
 def ops_for(x: torch.Tensor, separable: bool = False) -> Any:

@@ -53,7 +53,7 @@ from ..shaping import (
     shape_fitness,
 )
 from ..tree import HOST_MAX, as_dtype, host_view, raveler
-from ._ops import NumpyOps, ops_for
+from ._ops import NumpyOps, one_thread, ops_for
 
 __all__ = ["Strategy"]
 
@@ -492,8 +492,9 @@ class OpsSampled:
         """x from z (..., m, D) (a leading run dim for batched runs) by :meth:`_sample`,
         computed in float64 and returned in the params' flat dtype."""
         ops = ops_for(z, self.separable)
-        x, _ = self._sample(ops, ops.fields(state), ops.f64(ops.arr(z)), z.ndim > 2)
-        return ops.tensor(x, self.raveler.flat_dtype)
+        with one_thread(ops, z):
+            x, _ = self._sample(ops, ops.fields(state), ops.f64(ops.arr(z)), z.ndim > 2)
+            return ops.tensor(x, self.raveler.flat_dtype)
 
     def _on_host(self, state) -> bool:
         return ops_for(state.mean, self.separable) is NumpyOps
