@@ -68,12 +68,15 @@ def host_view(t: torch.Tensor) -> torch.Tensor | np.ndarray:
     (ClipUp's norms, PGPE's noise sums) sum in float64 and round once, so that both sides are
     within a derived bound of the exact value. A dtype numpy lacks (bfloat16, float8) stays a
     tensor."""
-    if (
-        not HOST_ARITHMETIC or not t.is_cpu or t.requires_grad or t.numel() > HOST_MAX
-        or t.dtype not in _NUMPY_DTYPES or torch.compiler.is_compiling()
-    ):  # fmt: skip
+    if not HOST_ARITHMETIC or not _viewable(t) or torch.compiler.is_compiling():
         return t
     return t.numpy()
+
+
+def _viewable(t: torch.Tensor) -> bool:
+    """Whether an eager tensor may be worked on through a numpy view (:func:`host_view`)."""
+    return (t.is_cpu and not t.requires_grad and t.numel() <= HOST_MAX
+            and t.dtype in _NUMPY_DTYPES)  # fmt: skip
 
 
 def from_host(x: torch.Tensor | np.ndarray, device: torch.device | None = None) -> torch.Tensor:
@@ -97,8 +100,7 @@ def on_host(fn: Callable, *xs: torch.Tensor, host: bool = True) -> Any:
         return fn(*xs)
     hs = []
     for x in xs:  # host_view's test, the compile check made once for all of them
-        if (not x.is_cpu or x.requires_grad or x.numel() > HOST_MAX
-                or x.dtype not in _NUMPY_DTYPES):  # fmt: skip
+        if not _viewable(x):
             return fn(*xs)  # a tensor without a host view: all of them stay tensors
         hs.append(x.numpy())
     out = fn(*hs)
