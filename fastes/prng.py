@@ -107,10 +107,7 @@ def _philox_lane_ints(n: int, c0, c1, c2, c3, k0, k1, rounds: int = 10):
     words are ints (one key for every lane) or uint64 arrays of n values (a key per lane: the
     offsets of R runs' rows at once, :func:`fastes.noise.table_offsets`)."""
     ones, low = _lane_masks(n)
-    if type(c0) is _Lanes and type(c1) is type(c2) is type(c3) is int:  # rows 0..n−1's counters
-        a, b, c, d = c0, c1 * ones, c2 * ones, c3 * ones
-    else:
-        a, b, c, d = (_as_lanes(w, ones) for w in (c0, c1, c2, c3))
+    a, b, c, d = _as_lanes(c0, ones), _as_lanes(c1, ones), _as_lanes(c2, ones), _as_lanes(c3, ones)
     if isinstance(k0, int) and isinstance(k1, int):
         r0, r1 = k0, k1  # the round keys, bumped as they go (a fresh key each call: no cache)
         for _ in range(rounds):

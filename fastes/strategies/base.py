@@ -499,6 +499,14 @@ class OpsSampled:
     def _on_host(self, state) -> bool:
         return ops_for(state.mean, self.separable) is NumpyOps
 
+    def _in_namespace(self, body, state, z, *args, host=None):
+        """``body(ops, state, z, *args, host)`` in the namespace of z (numpy where ``host``, a
+        generation kept on the host, is given), a small problem's torch products on one thread
+        (:func:`fastes.strategies._ops.one_thread`): the frame of the strategies' updates."""
+        ops = NumpyOps if host is not None else ops_for(z, self.separable)
+        with one_thread(ops, z):
+            return body(ops, state, z, *args, host)
+
 
 def diagonal_form(state) -> tuple[torch.Tensor, torch.Tensor]:
     """Members μ + σ ⊙ z: the :meth:`Strategy._affine` of the strategies with a per-coordinate

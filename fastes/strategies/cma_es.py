@@ -18,7 +18,7 @@ import torch
 
 from .._validate import real
 from ..tree import next_count
-from ._ops import NumpyOps, TorchOps, one_thread, ops_for
+from ._ops import TorchOps
 from .base import OpsSampled, Strategy
 
 
@@ -152,9 +152,7 @@ class CMAES(OpsSampled, Strategy):
         :mod:`fastes.strategies._ops` (numpy for small D on the CPU, torch elsewhere).
         ``host``: the state's numpy fields and y in rank order, with z float64 and ``order``
         numpy (one run's generation kept on the host)."""
-        ops = NumpyOps if host is not None else ops_for(z, self.separable)
-        with one_thread(ops, z):  # a small problem's torch products: on one thread
-            return self._update_in(ops, state, z, order, host)
+        return self._in_namespace(self._update_in, state, z, order, host=host)
 
     def _update_in(self, ops, state, z, order, host):
         """:meth:`_update`'s body in the namespace ``ops``."""

@@ -18,7 +18,6 @@ from typing import NamedTuple
 import torch
 
 from ..tree import next_count
-from ._ops import NumpyOps, one_thread, ops_for
 from .base import OpsSampled
 from .cma_es import _times_t
 from .snes import NESBase
@@ -80,9 +79,7 @@ class XNES(OpsSampled, NESBase):
         run dim, written once against the namespace of :mod:`fastes.strategies._ops`.
         ``host``: the state's numpy fields, with z float64 numpy (a generation kept on the
         host)."""
-        ops = ops_for(z) if host is None else NumpyOps
-        with one_thread(ops, z):  # a small problem's torch products: on one thread
-            return self._update_in(ops, state, z, u, host)
+        return self._in_namespace(self._update_in, state, z, u, host=host)
 
     def _update_in(self, ops, state, z, u, host):
         """:meth:`_update`'s body in the namespace ``ops``."""
